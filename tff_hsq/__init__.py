@@ -1,0 +1,6 @@
+"""tff_hsq: Hyper-Sphere Quantization (Dai et al., arXiv 1911.04655) for TensorFlow Federated."""
+
+from tff_hsq.quantizer import Message
+from tff_hsq.quantizer import Quantizer
+
+__version__ = '0.1.0'

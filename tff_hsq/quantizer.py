@@ -1,0 +1,420 @@
+"""Hyper-Sphere Quantization of one tensor, as plain TensorFlow ops (no TFF).
+
+Dai et al., "Hyper-Sphere Quantization: Communication-Efficient SGD for Federated Learning",
+arXiv 1911.04655. A float tensor of D entries is flattened, zero-padded to a multiple of the
+sub-vector length d (`dim`) and cut into N = ceil(D / d) sub-vectors v. A codebook C of K
+(`codebook_size`) unit-norm codewords c_k in R^d is shared by all parties. Each v is sent as a
+codeword index k (log2 K bits) and a scale s (`scale_bits` bits); its decode is s * c_k.
+
+Modes:
+  nearest:    k = argmax_k |<c_k, v>|, s = <c_k, v>. Biased; |s| <= ||v||, so the decode never
+              has a larger norm than the input (scale quantization never rounds past ||v||).
+  stochastic: a = C^+ v (so that sum_k a_k c_k = v); k is drawn with probability
+              |a_k| / ||a||_1 and s = sign(a_k) ||a||_1. Unbiased: E[s c_k] = v.
+  log_d:      the whole tensor is one sub-vector over the orthonormal basis of a seeded
+              randomized Hadamard transform (never materialized); k is drawn as in stochastic
+              mode, and the message is one index and one float32 scale: 64 bits per tensor.
+
+Scales are sent in n-bit sign-magnitude form relative to the per-tensor maximum |s| (a float32),
+so that a zero scale stays exactly zero: magnitude code q in [0, 2^(n-1) - 1], decoded as
+q * max / (2^(n-1) - 1). Nearest mode rounds to the nearest level but never above ||v||;
+stochastic mode rounds stochastically, which keeps it unbiased.
+"""
+
+import collections
+import dataclasses
+import functools
+import math
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tff_hsq import codebooks
+from tff_hsq import packing
+from tff_hsq import rotation
+
+MODES = ('nearest', 'stochastic', 'log_d')
+FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+
+# Sub-vectors are projected onto the codebook this many at a time, so the [N, K] projection is
+# never held whole: at K = 256 a chunk's projection is 8 MiB.
+_CHUNK = 8192
+# Largest codebook: a k-means codebook of 4096 codewords takes minutes to fit, and larger
+# ones would mostly add index bits.
+_MAX_K = 4096
+# Stream ids folded into the caller's seed; one per independent random draw.
+_INDEX_STREAM = 1
+_SCALE_STREAM = 2
+_ROTATION_STREAM = 0x5EED
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Message:
+  """An encoded tensor.
+
+  Attributes:
+    components: OrderedDict of the tensors that are sent (this is all that crosses the
+      network); their names, shapes and dtypes are fixed by the Quantizer and the tensor shape:
+      nearest/stochastic: `indices` (uint8 [N] if K = 256, else uint32 words of packed
+      log2 K-bit indices), `scale_codes` (uint32 words of packed
+      n-bit sign-magnitude codes) and `max_scale` (float32 []); log_d: `index` (uint32 []) and
+      `scale` (float32 []).
+    shape: the encoded tensor's static shape (known to the receiver from the value type).
+    dtype: the encoded tensor's dtype (likewise).
+  """
+  components: collections.OrderedDict
+  shape: tf.TensorShape
+  dtype: tf.DType
+
+  def __post_init__(self):
+    # Accept anything TensorShape / as_dtype accept (tuples, numpy dtypes), store canonical.
+    object.__setattr__(self, 'shape', tf.TensorShape(self.shape))
+    object.__setattr__(self, 'dtype', tf.as_dtype(self.dtype))
+
+  def num_bits(self) -> int:
+    """The number of bits in `components`, from their static shapes and dtypes."""
+    return message_bits(self.components)
+
+
+def message_bits(components) -> int:
+  """Bits of a structure of tensors or TensorSpecs, from static shapes and dtypes."""
+  total = 0
+  for t in tf.nest.flatten(components):
+    total += int(t.shape.num_elements()) * tf.as_dtype(t.dtype).size * 8
+  return total
+
+
+class Quantizer:
+  """Hyper-Sphere Quantization of a tensor: encode on a client, decode on the server.
+
+  Example:
+    q = Quantizer(dim=16, codebook_size=256, scale_bits=6, mode='nearest')
+    message = q.encode(x, seed=tf.constant([7, 0]))
+    x_hat = q.decode(message)   # same shape and dtype as x
+  """
+
+  def __init__(self,
+               dim: int = 16,
+               codebook_size: int = 256,
+               scale_bits: int = 6,
+               mode: str = 'nearest',
+               codebook_seed: int = 0,
+               codebook: Optional[str] = None):
+    """Configures the quantizer.
+
+    Args:
+      dim: d, the sub-vector length (>= 1). Unused by log_d.
+      codebook_size: K, the number of codewords: a power of two with K >= d, at most 4096.
+        Unused by log_d.
+      scale_bits: n, bits per scale code (sign + n - 1 magnitude bits), 2 <= n <= 16. Unused
+        by log_d, which sends one float32 scale.
+      mode: one of 'nearest', 'stochastic', 'log_d' (see the module docstring).
+      codebook_seed: seed of the codebook (and of log_d's rotation); every party must use the
+        same value.
+      codebook: 'spherical_kmeans', 'orthonormal' (K = d) or 'cross_polytope' (K = 2d); by
+        default orthonormal for K = d, cross-polytope for K = 2d, else spherical k-means.
+
+    Raises:
+      ValueError: naming the argument that is out of range.
+    """
+    if mode not in MODES:
+      raise ValueError(f'mode must be one of {MODES}; got {mode!r}.')
+    for name, value in (('dim', dim), ('codebook_size', codebook_size),
+                        ('scale_bits', scale_bits), ('codebook_seed', codebook_seed)):
+      if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise TypeError(f'{name} must be an int; got {value!r} of type {type(value).__name__}.')
+    if dim < 1:
+      raise ValueError(f'dim must be >= 1; got {dim}.')
+    if codebook_size < 2 or codebook_size & (codebook_size - 1) or codebook_size > _MAX_K:
+      raise ValueError(
+          f'codebook_size must be a power of two in [2, {_MAX_K}]; got {codebook_size}.')
+    if mode != 'log_d' and codebook_size < dim:
+      raise ValueError(
+          f'codebook_size must be >= dim so the codewords span R^dim; got codebook_size='
+          f'{codebook_size}, dim={dim}.')
+    if not 2 <= scale_bits <= 16:
+      raise ValueError(f'scale_bits must be in [2, 16]; got {scale_bits}.')
+    if codebook_seed < 0:
+      raise ValueError(f'codebook_seed must be >= 0; got {codebook_seed}.')
+    self._dim = int(dim)
+    self._codebook_size = int(codebook_size)
+    self._scale_bits = int(scale_bits)
+    self._mode = mode
+    self._codebook_seed = int(codebook_seed)
+    self._codebook_kind = codebook or codebooks.default_kind(self._dim, self._codebook_size)
+    if mode != 'log_d':
+      # Builds (or loads) the codebook now, so that a bad kind fails at construction.
+      self._codebook = codebooks.make(self._codebook_kind, self._dim, self._codebook_size,
+                                      self._codebook_seed)
+
+  @property
+  def dim(self) -> int:
+    return self._dim
+
+  @property
+  def codebook_size(self) -> int:
+    return self._codebook_size
+
+  @property
+  def scale_bits(self) -> int:
+    return self._scale_bits
+
+  @property
+  def mode(self) -> str:
+    return self._mode
+
+  @property
+  def codebook_seed(self) -> int:
+    return self._codebook_seed
+
+  @property
+  def codebook(self) -> np.ndarray:
+    """The codewords as rows: float32 [codebook_size, dim] (not defined for log_d)."""
+    if self._mode == 'log_d':
+      raise AttributeError('log_d mode has no explicit codebook (it is a Hadamard basis).')
+    return self._codebook
+
+  @property
+  def unbiased(self) -> bool:
+    """Whether E[decode(encode(x))] = x over the encode seed."""
+    return self._mode in ('stochastic', 'log_d')
+
+  @property
+  def norm_non_increasing(self) -> bool:
+    """Whether ||decode(encode(x))|| <= ||x|| always (up to float32 rounding)."""
+    return self._mode == 'nearest'
+
+  def __repr__(self):
+    return (f'Quantizer(dim={self._dim}, codebook_size={self._codebook_size}, '
+            f'scale_bits={self._scale_bits}, mode={self._mode!r}, '
+            f'codebook_seed={self._codebook_seed}, codebook={self._codebook_kind!r})')
+
+  # ----------------------------------------------------------------------------------------
+  # Encode.
+
+  def encode(self, x, seed) -> Message:
+    """Encodes a float tensor.
+
+    Args:
+      x: a float tensor (float16, bfloat16, float32 or float64) of static shape. Non-finite
+        entries make the whole message malformed (it decodes to zeros), never a crash.
+      seed: shape-[2] integer tensor, as tf.random.stateless_* take. Same seed, same message.
+        Unused by nearest mode, which is deterministic.
+
+    Returns:
+      A Message.
+
+    Raises:
+      TypeError: if x is not a floating-point tensor.
+      ValueError: if x's shape is not fully defined.
+    """
+    x = tf.convert_to_tensor(x)
+    if x.dtype not in FLOAT_DTYPES:
+      raise TypeError(
+          f'Quantizer.encode needs a floating-point tensor ({", ".join(d.name for d in FLOAT_DTYPES)}); '
+          f'got dtype {x.dtype.name}.')
+    if not x.shape.is_fully_defined():
+      raise ValueError(f'Quantizer.encode needs a fully defined shape; got {x.shape}.')
+    seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+    flat = tf.reshape(tf.cast(x, tf.float32), [-1])
+    finite = tf.reduce_all(tf.math.is_finite(flat))
+    flat = tf.where(tf.math.is_finite(flat), flat, tf.zeros_like(flat))
+    if self._mode == 'log_d':
+      components = self._encode_log_d(flat, finite, seed)
+    else:
+      components = self._encode_codebook(flat, finite, seed)
+    return Message(components, x.shape, x.dtype)
+
+  def _encode_codebook(self, flat, finite, seed):
+    d, n = self._dim, self._scale_bits
+    num_elements = flat.shape[0]
+    num_vectors = -(-num_elements // d)
+    chunk = min(_CHUNK, num_vectors)
+    num_chunks = -(-num_vectors // chunk)
+    padded = tf.pad(flat, [[0, num_chunks * chunk * d - num_elements]])
+    vectors = tf.reshape(padded, [num_chunks, chunk, d])
+    if self._mode == 'nearest':
+      elems = vectors
+      codebook_t = tf.constant(self._codebook.T)  # [d, K]
+
+      def project(v):
+        p = tf.matmul(v, codebook_t)  # [chunk, K]
+        k = tf.argmax(tf.abs(p), axis=1, output_type=tf.int32)
+        s = tf.gather(p, k, axis=1, batch_dims=1)
+        return k, s, _norm(v)
+    else:
+      # a = C^+ v is a linear map; computed in float64 once, applied in float32.
+      pinv_t = tf.constant(
+          np.linalg.pinv(self._codebook.T.astype(np.float64)).T.astype(np.float32))  # [d, K]
+      index_uniform = tf.random.stateless_uniform(
+          [num_chunks * chunk], _fold(seed, _INDEX_STREAM))
+      elems = (vectors, tf.reshape(index_uniform, [num_chunks, chunk]))
+
+      def project(args):
+        v, u = args
+        a = tf.matmul(v, pinv_t)  # [chunk, K]
+        cumulative = tf.cumsum(tf.abs(a), axis=1)
+        l1 = cumulative[:, -1]
+        # Inverse-CDF draw: the first k whose cumulative weight reaches u * ||a||_1.
+        k = tf.reduce_sum(tf.cast(cumulative < (u * l1)[:, None], tf.int32), axis=1)
+        k = tf.minimum(k, self._codebook_size - 1)
+        s = tf.sign(tf.gather(a, k, axis=1, batch_dims=1)) * l1
+        return k, s, _norm(v)
+
+    k, s, norm = tf.map_fn(
+        project, elems,
+        fn_output_signature=(tf.int32, tf.float32, tf.float64),
+        parallel_iterations=1)
+    k = tf.reshape(k, [-1])[:num_vectors]
+    s = tf.reshape(s, [-1])[:num_vectors]
+    norm = tf.reshape(norm, [-1])[:num_vectors]
+
+    levels = float(2**(n - 1) - 1)
+    max_scale = tf.reduce_max(tf.abs(s))
+    magnitude = tf.math.divide_no_nan(tf.abs(s) * levels, max_scale)
+    if self._mode == 'nearest':
+      # Round to the nearest level, but never to a level above ||v||: the decode must not
+      # have a larger norm than the input (DP's clip bound relies on it).
+      ceiling = tf.floor(tf.math.divide_no_nan(norm * levels, tf.cast(max_scale, tf.float64)))
+      q = tf.minimum(tf.round(magnitude), tf.cast(ceiling, tf.float32))
+    else:
+      u = tf.random.stateless_uniform([num_vectors], _fold(seed, _SCALE_STREAM))
+      q = tf.floor(magnitude + u)
+    q = tf.cast(tf.clip_by_value(q, 0.0, levels), tf.int64)
+    negative = tf.logical_and(s < 0, q > 0)
+    codes = q + tf.cast(negative, tf.int64) * (1 << (n - 1))
+    return collections.OrderedDict(
+        indices=self._pack_indices(k),
+        scale_codes=packing.pack(codes, n),
+        max_scale=tf.where(finite, max_scale, np.float32(np.nan)))
+
+  def _encode_log_d(self, flat, finite, seed):
+    size = rotation.padded_size(flat.shape[0])
+    signs = self._rotation_signs(size)
+    a = rotation.rotate(tf.pad(flat, [[0, size - flat.shape[0]]]), signs)
+    # float64 for the running sum: over 2^20+ terms float32 would misplace the draw.
+    cumulative = tf.cumsum(tf.abs(tf.cast(a, tf.float64)))
+    l1 = cumulative[-1]
+    u = tf.random.stateless_uniform([], _fold(seed, _INDEX_STREAM), dtype=tf.float64)
+    k = tf.minimum(tf.reduce_sum(tf.cast(cumulative < u * l1, tf.int32)), size - 1)
+    scale = tf.sign(a[k]) * tf.cast(l1, tf.float32)
+    return collections.OrderedDict(
+        index=tf.cast(k, tf.uint32),
+        scale=tf.where(finite, scale, np.float32(np.nan)))
+
+  def _rotation_signs(self, size: int) -> tf.Tensor:
+    return rotation.random_signs(
+        size, tf.constant([self._codebook_seed, _ROTATION_STREAM], tf.int64))
+
+  def _index_bits(self) -> int:
+    return int(math.log2(self._codebook_size))
+
+  def _pack_indices(self, k: tf.Tensor) -> tf.Tensor:
+    bits = self._index_bits()
+    if bits == 8:
+      return tf.cast(k, tf.uint8)
+    return packing.pack(k, bits)
+
+  def _unpack_indices(self, indices: tf.Tensor, num_vectors: int) -> tf.Tensor:
+    bits = self._index_bits()
+    if bits == 8:
+      return tf.cast(indices, tf.int64)
+    return packing.unpack(indices, bits, num_vectors)
+
+  # ----------------------------------------------------------------------------------------
+  # Decode.
+
+  def decode(self, message: Message) -> tf.Tensor:
+    """Decodes a Message to a tensor of its shape and dtype.
+
+    A malformed message (a non-finite or negative maximum scale, a non-finite scale, a log_d
+    index >= P) decodes to zeros instead of raising; `is_valid` tells which messages those are.
+    Codebook indices cannot be out of range: their fields are exactly log2 K bits wide.
+
+    Raises:
+      ValueError: if the components' shapes or dtypes are not those this Quantizer sends for
+        `message.shape` (a message from another configuration).
+    """
+    self._check_components(message)
+    num_elements = message.shape.num_elements()
+    valid = self.is_valid(message)
+    c = message.components
+    if self._mode == 'log_d':
+      size = rotation.padded_size(num_elements)
+      index = tf.minimum(tf.cast(c['index'], tf.int64), size - 1)
+      scale = tf.where(valid, c['scale'], 0.0)
+      flat = scale * rotation.basis_vector(index, self._rotation_signs(size))
+    else:
+      n = self._scale_bits
+      num_vectors = -(-num_elements // self._dim)
+      k = self._unpack_indices(c['indices'], num_vectors)
+      codes = packing.unpack(c['scale_codes'], n, num_vectors)
+      magnitude = tf.cast(tf.bitwise.bitwise_and(codes, (1 << (n - 1)) - 1), tf.float32)
+      sign = 1.0 - 2.0 * tf.cast(tf.bitwise.right_shift(codes, n - 1), tf.float32)
+      step = tf.where(valid, c['max_scale'], 0.0) / float(2**(n - 1) - 1)
+      scale = sign * magnitude * step
+      flat = tf.reshape(tf.gather(tf.constant(self._codebook), k) * scale[:, None], [-1])
+    flat = flat[:num_elements]
+    return tf.cast(tf.reshape(flat, message.shape), message.dtype)
+
+  def is_valid(self, message: Message) -> tf.Tensor:
+    """bool []: False for a message `decode` turns into zeros (see `decode`)."""
+    c = message.components
+    if self._mode == 'log_d':
+      size = rotation.padded_size(message.shape.num_elements())
+      return tf.logical_and(
+          tf.math.is_finite(c['scale']), tf.cast(c['index'], tf.int64) < size)
+    # Index fields are exactly log2 K bits wide, so every codeword index is in range.
+    return tf.logical_and(tf.math.is_finite(c['max_scale']), c['max_scale'] >= 0.0)
+
+  def _check_components(self, message: Message):
+    expected = self.message_spec(message.shape)
+    got = message.components
+    if (list(got.keys()) != list(expected.keys()) or any(
+        not expected[name].is_compatible_with(got[name]) for name in expected)):
+      raise ValueError(
+          f'The message does not match {self!r} for a tensor of shape {message.shape}: '
+          f'expected {dict(expected)}, got '
+          f'{ {name: (t.shape, t.dtype) for name, t in got.items()} }.')
+
+  # ----------------------------------------------------------------------------------------
+  # Sizes.
+
+  def message_spec(self, shape) -> collections.OrderedDict:
+    """The TensorSpecs of the components `encode` sends for a tensor of `shape`."""
+    return _message_spec(self, tuple(tf.TensorShape(shape).as_list()))
+
+  def bits_per_coordinate(self, num_elements: int) -> float:
+    """Bits of the encoded message of a `num_elements`-entry tensor, per entry.
+
+    Counted from the message `encode` actually builds (traced, not run), so it cannot
+    disagree with what is sent.
+    """
+    spec = self.message_spec([num_elements])
+    return message_bits(spec) / num_elements
+
+  def __eq__(self, other):
+    return isinstance(other, Quantizer) and repr(self) == repr(other)
+
+  def __hash__(self):
+    return hash(repr(self))
+
+
+@functools.lru_cache(maxsize=256)
+def _message_spec(quantizer: Quantizer, shape: tuple) -> collections.OrderedDict:
+  encode = tf.function(
+      lambda x: quantizer.encode(x, tf.constant([0, 0], tf.int64)).components, autograph=False)
+  concrete = encode.get_concrete_function(tf.TensorSpec(shape, tf.float32))
+  return collections.OrderedDict(
+      (name, tf.TensorSpec(t.shape, t.dtype)) for name, t in concrete.structured_outputs.items())
+
+
+def _norm(v: tf.Tensor) -> tf.Tensor:
+  """Row norms of float32 [n, d] in float64: float32 squares overflow above ~1.8e19."""
+  return tf.norm(tf.cast(v, tf.float64), axis=1)
+
+
+def _fold(seed: tf.Tensor, stream: int) -> tf.Tensor:
+  """The seed of random stream `stream` under `seed` (TF's stateless fold-in, a hash)."""
+  return tf.random.experimental.stateless_fold_in(seed, stream)
