@@ -217,55 +217,56 @@ class Quantizer:
     if not x.shape.is_fully_defined():
       raise ValueError(f'Quantizer.encode needs a fully defined shape; got {x.shape}.')
     seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+    # For float32 input neither the cast nor the reshape copies: the codebook modes read x in
+    # chunks and never hold a second full-size copy (peak extra memory < 2x x's bytes).
     flat = tf.reshape(tf.cast(x, tf.float32), [-1])
-    finite = tf.reduce_all(tf.math.is_finite(flat))
-    flat = tf.where(tf.math.is_finite(flat), flat, tf.zeros_like(flat))
     if self._mode == 'log_d':
-      components = self._encode_log_d(flat, finite, seed)
+      components = self._encode_log_d(flat, seed)
     else:
-      components = self._encode_codebook(flat, finite, seed)
+      components = self._encode_codebook(flat, seed)
     return Message(components, x.shape, x.dtype)
 
-  def _encode_codebook(self, flat, finite, seed):
+  def _encode_codebook(self, flat, seed):
     d, n = self._dim, self._scale_bits
     num_elements = flat.shape[0]
     num_vectors = -(-num_elements // d)
     chunk = min(_CHUNK, num_vectors)
     num_chunks = -(-num_vectors // chunk)
-    padded = tf.pad(flat, [[0, num_chunks * chunk * d - num_elements]])
-    vectors = tf.reshape(padded, [num_chunks, chunk, d])
-    if self._mode == 'nearest':
-      elems = vectors
-      codebook_t = tf.constant(self._codebook.T)  # [d, K]
-
-      def project(v):
-        p = tf.matmul(v, codebook_t)  # [chunk, K]
-        k = tf.argmax(tf.abs(p), axis=1, output_type=tf.int32)
-        s = tf.gather(p, k, axis=1, batch_dims=1)
-        return k, s, _norm(v)
-    else:
+    chunk_entries = chunk * d
+    stochastic = self._mode == 'stochastic'
+    if stochastic:
       # a = C^+ v is a linear map; computed in float64 once, applied in float32.
-      pinv_t = tf.constant(
+      projection_t = tf.constant(
           np.linalg.pinv(self._codebook.T.astype(np.float64)).T.astype(np.float32))  # [d, K]
-      index_uniform = tf.random.stateless_uniform(
-          [num_chunks * chunk], _fold(seed, _INDEX_STREAM))
-      elems = (vectors, tf.reshape(index_uniform, [num_chunks, chunk]))
+    else:
+      projection_t = tf.constant(self._codebook.T)  # [d, K]
+    index_seed = _fold(seed, _INDEX_STREAM)
 
-      def project(args):
-        v, u = args
-        a = tf.matmul(v, pinv_t)  # [chunk, K]
-        cumulative = tf.cumsum(tf.abs(a), axis=1)
+    def project(i):
+      """Sub-vectors [i * chunk, (i + 1) * chunk): indices, scales, norms, all finite?"""
+      piece = flat[i * chunk_entries:(i + 1) * chunk_entries]
+      piece = tf.pad(piece, [[0, chunk_entries - tf.shape(piece)[0]]])  # zero tail
+      is_finite = tf.math.is_finite(piece)
+      v = tf.reshape(tf.where(is_finite, piece, tf.zeros_like(piece)), [chunk, d])
+      p = tf.matmul(v, projection_t)  # [chunk, K]
+      if stochastic:
+        cumulative = tf.cumsum(tf.abs(p), axis=1)
         l1 = cumulative[:, -1]
+        u = tf.random.stateless_uniform([chunk], _fold(index_seed, i))
         # Inverse-CDF draw: the first k whose cumulative weight reaches u * ||a||_1.
         k = tf.reduce_sum(tf.cast(cumulative < (u * l1)[:, None], tf.int32), axis=1)
         k = tf.minimum(k, self._codebook_size - 1)
-        s = tf.sign(tf.gather(a, k, axis=1, batch_dims=1)) * l1
-        return k, s, _norm(v)
+        s = tf.sign(tf.gather(p, k, axis=1, batch_dims=1)) * l1
+      else:
+        k = tf.argmax(tf.abs(p), axis=1, output_type=tf.int32)
+        s = tf.gather(p, k, axis=1, batch_dims=1)
+      return k, s, _norm(v), tf.reduce_all(is_finite)
 
-    k, s, norm = tf.map_fn(
-        project, elems,
-        fn_output_signature=(tf.int32, tf.float32, tf.float64),
+    k, s, norm, chunk_finite = tf.map_fn(
+        project, tf.range(num_chunks),
+        fn_output_signature=(tf.int32, tf.float32, tf.float32, tf.bool),
         parallel_iterations=1)
+    finite = tf.reduce_all(chunk_finite)
     k = tf.reshape(k, [-1])[:num_vectors]
     s = tf.reshape(s, [-1])[:num_vectors]
     norm = tf.reshape(norm, [-1])[:num_vectors]
@@ -276,7 +277,9 @@ class Quantizer:
     if self._mode == 'nearest':
       # Round to the nearest level, but never to a level above ||v||: the decode must not
       # have a larger norm than the input (DP's clip bound relies on it).
-      ceiling = tf.floor(tf.math.divide_no_nan(norm * levels, tf.cast(max_scale, tf.float64)))
+      # In float64: a float32 norm * levels / max can land just below an integer it equals.
+      ceiling = tf.floor(tf.math.divide_no_nan(
+          tf.cast(norm, tf.float64) * levels, tf.cast(max_scale, tf.float64)))
       q = tf.minimum(tf.round(magnitude), tf.cast(ceiling, tf.float32))
     else:
       u = tf.random.stateless_uniform([num_vectors], _fold(seed, _SCALE_STREAM))
@@ -289,7 +292,9 @@ class Quantizer:
         scale_codes=packing.pack(codes, n),
         max_scale=tf.where(finite, max_scale, np.float32(np.nan)))
 
-  def _encode_log_d(self, flat, finite, seed):
+  def _encode_log_d(self, flat, seed):
+    finite = tf.reduce_all(tf.math.is_finite(flat))
+    flat = tf.where(tf.math.is_finite(flat), flat, tf.zeros_like(flat))
     size = rotation.padded_size(flat.shape[0])
     signs = self._rotation_signs(size)
     a = rotation.rotate(tf.pad(flat, [[0, size - flat.shape[0]]]), signs)
@@ -411,8 +416,13 @@ def _message_spec(quantizer: Quantizer, shape: tuple) -> collections.OrderedDict
 
 
 def _norm(v: tf.Tensor) -> tf.Tensor:
-  """Row norms of float32 [n, d] in float64: float32 squares overflow above ~1.8e19."""
-  return tf.norm(tf.cast(v, tf.float64), axis=1)
+  """Row norms of float32 [n, d]: float32 [n], within half a float32 step of the true norm.
+
+  Computed in float64 because float32 squares overflow above ~1.8e19; stored in float32 to
+  keep the encoder's [N] temporaries small. (Rounding down instead would break exactness: a
+  scale that equals its sub-vector's norm would lose a whole quantization level.)
+  """
+  return tf.cast(tf.norm(tf.cast(v, tf.float64), axis=1), tf.float32)
 
 
 def _fold(seed: tf.Tensor, stream: int) -> tf.Tensor:
