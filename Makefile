@@ -21,7 +21,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt setup.py
 	touch $@
 
 demo: $(STAMP)
-	$(PY) examples/quantize_update.py
+	$(PY) examples/train.py
 
 test: $(STAMP)
 	$(PY) -m pytest tests
