@@ -226,8 +226,32 @@ class Quantizer:
       components = self._encode_codebook(flat, seed)
     return Message(components, x.shape, x.dtype)
 
-  def _encode_codebook(self, flat, seed):
-    d, n = self._dim, self._scale_bits
+  def assign(self, x, seed):
+    """Chooses a codeword and an unquantized scale for every sub-vector of x.
+
+    The first half of the codebook modes' encode, shared with the secure-aggregation encoder
+    (which quantizes scales on a fixed grid instead of one relative to the tensor's maximum).
+
+    Args:
+      x: float tensor of static shape (any float dtype; read as float32). Non-finite entries
+        are read as zero and reported in `finite`.
+      seed: shape-[2] integer tensor (unused by nearest mode).
+
+    Returns:
+      (indices, scales, norms, finite): int32 [N] codeword indices, float32 [N] scales s
+      (nearest: <c_k, v>; stochastic: sign(a_k) ||a||_1), float32 [N] sub-vector norms ||v||
+      and bool [] (all of x finite), for the N = ceil(D / dim) zero-padded sub-vectors v.
+
+    Raises:
+      ValueError: in log_d mode, which has no codebook.
+    """
+    if self._mode == 'log_d':
+      raise ValueError('Quantizer.assign needs a codebook mode; log_d has none.')
+    flat = tf.reshape(tf.cast(tf.convert_to_tensor(x), tf.float32), [-1])
+    return self._assign(flat, tf.cast(tf.convert_to_tensor(seed), tf.int64))
+
+  def _assign(self, flat, seed):
+    d = self._dim
     num_elements = flat.shape[0]
     num_vectors = -(-num_elements // d)
     chunk = min(_CHUNK, num_vectors)
@@ -266,10 +290,13 @@ class Quantizer:
         project, tf.range(num_chunks),
         fn_output_signature=(tf.int32, tf.float32, tf.float32, tf.bool),
         parallel_iterations=1)
-    finite = tf.reduce_all(chunk_finite)
-    k = tf.reshape(k, [-1])[:num_vectors]
-    s = tf.reshape(s, [-1])[:num_vectors]
-    norm = tf.reshape(norm, [-1])[:num_vectors]
+    return (tf.reshape(k, [-1])[:num_vectors], tf.reshape(s, [-1])[:num_vectors],
+            tf.reshape(norm, [-1])[:num_vectors], tf.reduce_all(chunk_finite))
+
+  def _encode_codebook(self, flat, seed):
+    n = self._scale_bits
+    num_vectors = -(-flat.shape[0] // self._dim)
+    k, s, norm, finite = self._assign(flat, seed)
 
     levels = float(2**(n - 1) - 1)
     max_scale = tf.reduce_max(tf.abs(s))
