@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
+import adversarial
 import tff_hsq
 from examples import data
 
@@ -91,3 +92,128 @@ def test_three_rounds_of_weighted_fed_avg_reduce_the_loss(preset):
   quantizer = tff_hsq.HSQFactory(**tff_hsq.presets.get(preset)).quantizer
   expected = (quantizer.bits_per_coordinate(25088) * 25088 + 32 * (25450 - 25088)) / 25450
   assert hsq['bits_per_coordinate'] == pytest.approx(expected, rel=1e-6)
+
+
+# --- Differential privacy --------------------------------------------------------------------
+_DP_TYPE = tff.types.to_type(collections.OrderedDict(
+    kernel=(np.float32, [4096]), bias=(np.float32, [10])))
+
+
+def dp_records():
+  """Adversarial updates cut or zero-padded to the kernel's 4096 entries, with a bias."""
+  rng = np.random.default_rng(41)
+  for name, x in adversarial.inputs():
+    kernel = np.resize(x, 4096) if x.size >= 4096 else np.pad(x, (0, 4096 - x.size))
+    yield name, collections.OrderedDict(kernel=kernel.astype(np.float32),
+                                        bias=rng.standard_normal(10).astype(np.float32))
+
+
+def global_norm(value):
+  return np.sqrt(sum(np.sum(np.asarray(t, np.float64)**2) for t in value.values()))
+
+
+@pytest.mark.parametrize('preset', ['balanced', 'high_fidelity', 'unbiased', 'log_d'])
+def test_dp_decoded_record_never_exceeds_the_clip_norm(preset):
+  # One client per round, no noise, clients_per_round = 1: the result is exactly that client's
+  # decoded clipped record. The randomized and adversarial inputs (sparse, one-hot, aligned
+  # with a codeword, 1e30, 1e-30, Cauchy, ...) are clipped to 1.0 by TFF's DP query; the
+  # inflating modes (unbiased ~2.3x here, log_d ~50x) would exceed it without reclip.
+  clip = 1.0
+  aggregator = tff_hsq.learning.dp_hsq_aggregator(
+      0.0, 1, preset, clip=clip, zeroing=False, threshold=1000)
+  process = aggregator.create(_DP_TYPE)
+  state = process.initialize()
+  reclipped = 0
+  for name, record in dp_records():
+    output = process.next(state, [record])
+    state = output.state
+    # TFF's DP query clips in float32 (tf.clip_by_global_norm), which can land a hair above
+    # the clip (seen: 1 + 1.2e-9); HSQ's decode never exceeds the record the query clipped.
+    clipped, _ = tf.clip_by_global_norm(list(record.values()), clip)
+    record_norm = global_norm(dict(enumerate(t.numpy() for t in clipped)))
+    if np.isfinite(record_norm):
+      assert global_norm(output.result) <= record_norm, name
+    else:
+      # 'huge' (1e30): float32 squares overflow in TFF's clipping, the record is NaN, and HSQ
+      # drops the client as malformed instead of summing NaN.
+      assert global_norm(output.result) == 0.0, name
+      assert output.measurements['dp']['malformed_messages'] == 1, name
+    assert global_norm(output.result) <= clip * (1 + 1e-6), name
+    assert all(np.all(np.isfinite(t)) for t in output.result.values()), name
+    reclipped += output.measurements['dp']['reclipped_messages']
+  if preset in ('unbiased', 'log_d'):
+    assert reclipped >= 15  # the guard is what keeps these modes within the clip
+
+
+def test_dp_adaptive_clipping_keeps_the_record_within_the_current_clip():
+  aggregator = tff_hsq.learning.dp_hsq_aggregator(
+      0.0, 1, 'unbiased', zeroing=False, threshold=1000, initial_l2_norm_clip=0.1)
+  process = aggregator.create(_DP_TYPE)
+  _, record = next(dp_records())
+  output = process.next(process.initialize(), [record])
+  assert 0 < global_norm(output.result) <= 0.1  # the first round's clip is the initial one
+
+
+def test_dp_without_reclip_is_refused_for_modes_that_inflate_norms():
+  with pytest.raises(ValueError, match="mode 'stochastic'.*keep reclip=True"):
+    tff_hsq.learning.dp_hsq_aggregator(1.0, 10, 'unbiased', reclip=False)
+  with pytest.raises(ValueError, match="mode 'log_d'"):
+    tff_hsq.learning.dp_hsq_aggregator(1.0, 10, 'log_d', reclip=False)
+  # Nearest mode never increases a norm, so it may go without the extra float per client.
+  tff_hsq.learning.dp_hsq_aggregator(1.0, 100, 'balanced', reclip=False)
+
+
+def build_fed_avg(build, aggregator, clients, **kwargs):
+  def model_fn():
+    return tff.learning.models.from_keras_model(
+        keras_model(), input_spec=clients[0].element_spec,
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+  return build(model_fn,
+               client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=0.1),
+               server_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=1.0),
+               model_aggregator=aggregator, **kwargs)
+
+
+def test_three_rounds_of_dp_fed_avg():
+  clients = federated_mnist(num_clients=5, seed=1)
+  process = build_fed_avg(
+      tff.learning.algorithms.build_unweighted_fed_avg,
+      tff_hsq.learning.dp_hsq_aggregator(noise_multiplier=0.1, clients_per_round=5, clip=2.0),
+      clients)
+  state = process.initialize()
+  losses = []
+  for _ in range(3):
+    output = process.next(state, clients)
+    state = output.state
+    losses.append(output.metrics['client_work']['train']['loss'])
+    hsq = output.metrics['aggregator']['zeroing']['dp']
+    assert hsq['malformed_messages'] == 0
+    assert hsq['bits_per_coordinate'] == pytest.approx(
+        (0.875 * 25088 + 32 * 362 + 32) / 25450, rel=1e-3)  # + one float32 norm per client
+  weights = process.get_model_weights(state).trainable
+  assert all(np.all(np.isfinite(w)) for w in weights)
+  # Noise 0.1 x clip 2 / 5 clients per coordinate does not stop learning in three rounds.
+  assert losses[2] < losses[0]
+
+
+# --- Secure aggregation (last in this module: it installs TFF's test context) ------------------
+@pytest.mark.usefixtures('secure_sum_context')
+def test_three_rounds_of_secure_weighted_fed_avg():
+  clients = federated_mnist(num_clients=5, seed=2)
+  aggregator = tff_hsq.learning.secure_hsq_aggregator(clip=10.0, max_weight=1000.0,
+                                                      max_clients=8)
+  process = build_fed_avg(tff.learning.algorithms.build_weighted_fed_avg, aggregator, clients)
+  state = process.initialize()
+  losses = []
+  for _ in range(3):
+    output = process.next(state, clients)
+    state = output.state
+    losses.append(output.metrics['client_work']['train']['loss'])
+    hsq = output.metrics['aggregator']['zeroing']['clipping']['mean_value']
+    assert hsq['malformed_messages'] == 0
+    # Cross-polytope d = 8: one integer per kernel entry of 16 + log2(8) = 19 bits; the 362
+    # small entries are securely summed as 32 + 3-bit integers.
+    assert hsq['bits_per_coordinate'] == pytest.approx((19 * 25088 + 35 * 362) / 25450,
+                                                       rel=1e-6)
+  assert losses[0] > losses[1] > losses[2]

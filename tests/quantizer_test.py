@@ -11,6 +11,7 @@ import pytest
 import scipy.linalg
 import tensorflow as tf
 
+import adversarial
 import tff_hsq
 from tff_hsq import packing
 from tff_hsq import presets
@@ -90,8 +91,9 @@ def test_log_d_is_exactly_unbiased_in_expectation_and_variance():
   # For log_d the law of the decode is known exactly: x_hat = sign(a_k) ||a||_1 R^T e_k with
   # probability |a_k| / ||a||_1, a = R x (x zero-padded to P = 64). So E[x_hat] = x, and since
   # every entry of R^T e_k is +-1/8 and the decode keeps the first D = 50 entries,
-  # E||x_hat - x||^2 = ||a||_1^2 * D / P - ||x||^2. With M = 4000 draws the error of the mean has relative sd ~ sqrt(2/64) x its mean
-  # (64 coordinates), so [0.6, 1.4] is a 2.3-sigma band around the predicted value.
+  # E||x_hat - x||^2 = ||a||_1^2 * D / P - ||x||^2. With M = 4000 draws the error of the mean
+  # has relative sd ~ sqrt(2/64) x its mean (64 coordinates), so [0.6, 1.4] is a 2.3-sigma
+  # band around the predicted value.
   q = tff_hsq.Quantizer(mode='log_d', codebook_seed=3)
   x = np.random.default_rng(6).standard_normal(50).astype(np.float32)
   signs = q._rotation_signs(64).numpy()
@@ -110,31 +112,11 @@ def test_log_d_is_exactly_unbiased_in_expectation_and_variance():
 
 
 # --- Norm non-increase of nearest mode -------------------------------------------------------
-def adversarial_inputs():
-  rng = np.random.default_rng(77)
-  codeword = tff_hsq.Quantizer().codebook[17]
-  yield 'gaussian', rng.standard_normal(1000)
-  yield 'cauchy', rng.standard_cauchy(999)
-  sparse = np.zeros(4096)
-  sparse[rng.choice(4096, 3, replace=False)] = rng.standard_normal(3) * 1e3
-  yield 'sparse', sparse
-  one_hot = np.zeros(333)
-  one_hot[200] = -5.0
-  yield 'one_hot', one_hot
-  yield 'aligned_codewords', np.tile(codeword, 40) * np.repeat(rng.uniform(-9, 9, 40), 16)
-  yield 'constant', np.full(160, 0.1)
-  yield 'huge', rng.standard_normal(512) * 1e30
-  yield 'tiny', rng.standard_normal(512) * 1e-30
-  yield 'mixed_scales', rng.standard_normal(2048) * np.repeat(10.0**rng.uniform(-8, 8, 128), 16)
-  for i in range(10):
-    yield f'random_{i}', rng.standard_normal(rng.integers(1, 3000)) * rng.exponential(1, 1)
-
-
 @pytest.mark.parametrize('scale_bits', [2, 3, 6, 16])
 @pytest.mark.parametrize('dim,size', [(16, 256), (4, 256), (8, 16), (3, 4)])
 def test_nearest_never_increases_norm(scale_bits, dim, size):
   q = tff_hsq.Quantizer(dim=dim, codebook_size=size, scale_bits=scale_bits, mode='nearest')
-  for name, x in adversarial_inputs():
+  for name, x in adversarial.inputs():
     x = x.astype(np.float32)
     x_hat = roundtrip(q, x).astype(np.float64)
     norm = np.linalg.norm(x.astype(np.float64))

@@ -18,6 +18,11 @@ A client whose message is malformed (a non-finite scale, an out-of-range index) 
 uncompressed float tensors are not finite contributes zero to every tensor of the sum and is
 counted in the `malformed_messages` measurement: one bad client never crashes a round nor
 turns the sum into NaN.
+
+With `reclip=True` each client also sends the L2 norm of its compressed tensors (one float32,
+rounded down), and the server scales each decoded contribution down to at most that norm
+before adding it. No client's decoded contribution is then longer than its input, in every
+mode: the property DP's clip bound rests on (`tff_hsq.learning.dp_hsq_aggregator`).
 """
 
 import collections
@@ -32,6 +37,8 @@ from tff_hsq import presets
 from tff_hsq import quantizer as quantizer_lib
 
 _ROUND_TYPE = tff.TensorType(np.int64)
+# Machine epsilon of each float dtype a tensor may have (the spacing of floats just above 1).
+_EPSILON = {tf.float16: 2.0**-10, tf.bfloat16: 2.0**-7, tf.float32: 2.0**-23, tf.float64: 2.0**-52}
 
 
 class HSQFactory(tff.aggregators.UnweightedAggregationFactory):
@@ -42,6 +49,8 @@ class HSQFactory(tff.aggregators.UnweightedAggregationFactory):
       uncompressed ones included) divided by the number of entries of the value.
     compression_ratio: float32, 32 x entries / message bits (against sending float32).
     malformed_messages: int32, clients of this round whose contribution was dropped as zero.
+    reclipped_messages: int32, only with `reclip=True`: clients whose decoded contribution
+      was longer than their input and was scaled down to its norm.
     distortion: float32, only with `measure_distortion=True`: the mean over clients of the
       client's NMSE ||decode(encode(x)) - x||^2 / ||x||^2 over its compressed tensors. Each
       client then computes its own decode and sends this one extra float32, which the bit
@@ -56,7 +65,8 @@ class HSQFactory(tff.aggregators.UnweightedAggregationFactory):
                threshold: int = 20000,
                codebook_seed: int = 0,
                measure_distortion: bool = False,
-               codebook: Optional[str] = None):
+               codebook: Optional[str] = None,
+               reclip: bool = False):
     """Configures the factory; see `tff_hsq.Quantizer` for the quantizer's arguments.
 
     Args:
@@ -69,6 +79,9 @@ class HSQFactory(tff.aggregators.UnweightedAggregationFactory):
       codebook_seed: seed of the codebook, shared by clients and server.
       measure_distortion: also report the clients' mean NMSE (costs a decode per client).
       codebook: codebook kind (see `tff_hsq.Quantizer`).
+      reclip: bound every client's decoded contribution by the norm of its input (one extra
+        float32 per client, counted in the bits): needed inside differential privacy by the
+        modes that can increase a norm (stochastic ~3.3x, log_d); harmless for nearest.
 
     Raises:
       ValueError, TypeError: for an argument out of range, naming it.
@@ -77,13 +90,15 @@ class HSQFactory(tff.aggregators.UnweightedAggregationFactory):
       raise TypeError(f'threshold must be an int; got {threshold!r}.')
     if threshold < 1:
       raise ValueError(f'threshold must be >= 1; got {threshold}.')
-    if not isinstance(measure_distortion, bool):
-      raise TypeError(f'measure_distortion must be a bool; got {measure_distortion!r}.')
+    for name, flag in (('measure_distortion', measure_distortion), ('reclip', reclip)):
+      if not isinstance(flag, bool):
+        raise TypeError(f'{name} must be a bool; got {flag!r}.')
     self._quantizer = quantizer_lib.Quantizer(
         dim=dim, codebook_size=codebook_size, scale_bits=scale_bits, mode=mode,
         codebook_seed=codebook_seed, codebook=codebook)
     self._threshold = int(threshold)
     self._measure_distortion = measure_distortion
+    self._reclip = reclip
 
   @property
   def quantizer(self) -> quantizer_lib.Quantizer:
@@ -93,9 +108,13 @@ class HSQFactory(tff.aggregators.UnweightedAggregationFactory):
   def threshold(self) -> int:
     return self._threshold
 
+  @property
+  def reclip(self) -> bool:
+    return self._reclip
+
   def __repr__(self):
     return (f'HSQFactory({self._quantizer!r}, threshold={self._threshold}, '
-            f'measure_distortion={self._measure_distortion})')
+            f'measure_distortion={self._measure_distortion}, reclip={self._reclip})')
 
   # --- Presets ----------------------------------------------------------------------------
   @classmethod
@@ -107,7 +126,7 @@ class HSQFactory(tff.aggregators.UnweightedAggregationFactory):
     """d = 4, K = 256, n = 8, nearest: 4.0 bits/coordinate (8x), NMSE 0.03. Near-lossless.
 
     Args:
-      **kwargs: `threshold`, `codebook_seed`, `measure_distortion`.
+      **kwargs: `threshold`, `codebook_seed`, `measure_distortion`, `reclip`.
     """
     return cls._preset('high_fidelity', **kwargs)
 
@@ -161,7 +180,7 @@ class HSQFactory(tff.aggregators.UnweightedAggregationFactory):
       TypeError: if `value_type` is not a tensor or structure of tensors with fully defined
         shapes; the message prints the type.
     """
-    _check_value_type(value_type)
+    check_value_type(value_type)
     specs = tff.types.type_to_tf_tensor_specs(value_type)
     leaves = tf.nest.flatten(specs)
     # One quantizer (or None: sent as is) per tensor, in tf.nest.flatten order.
@@ -169,6 +188,12 @@ class HSQFactory(tff.aggregators.UnweightedAggregationFactory):
         self._quantizer if _compressed(spec, self._threshold) else None for spec in leaves
     ]
     measure_distortion = self._measure_distortion
+    reclip = self._reclip
+    compressed_dtypes = [spec.dtype for spec, q in zip(leaves, quantizers) if q is not None]
+    # With reclip, a decoded contribution is scaled when it exceeds (1 - margin) x the sent
+    # norm, to that bound: the cast back to a dtype of machine epsilon eps grows entries by
+    # at most eps / 2, so a margin of 2 eps keeps the result strictly within the sent norm.
+    margin = 2 * max([_EPSILON[d] for d in compressed_dtypes], default=0.0)
 
     @tff.tensorflow.computation
     def initial_state():
@@ -197,17 +222,24 @@ class HSQFactory(tff.aggregators.UnweightedAggregationFactory):
       seed = tf.stack([round_num, entropy])
       sent = []
       errors, energies = [], []
+      squares = []
       for i, (x, q) in enumerate(zip(tf.nest.flatten(value), quantizers)):
         if q is None:
           sent.append(x)
           continue
         message = q.encode(x, tf.random.experimental.stateless_fold_in(seed, i))
         sent.append(message.components)
+        if reclip:
+          squares.append(tf.reduce_sum(tf.square(tf.cast(x, tf.float64))))
         if measure_distortion:
           x64 = tf.cast(x, tf.float64)
           errors.append(tf.reduce_sum(tf.square(tf.cast(q.decode(message), tf.float64) - x64)))
           energies.append(tf.reduce_sum(tf.square(x64)))
       client = collections.OrderedDict(message=sent)
+      if reclip:
+        # Rounded down to float32 so that the bound never exceeds the true norm.
+        norm = tf.cast(tf.sqrt(tf.add_n(squares or [tf.constant(0, tf.float64)])), tf.float32)
+        client['norm'] = tf.math.nextafter(norm, tf.zeros_like(norm))
       if measure_distortion:
         client['distortion'] = tf.cast(
             tf.math.divide_no_nan(tf.add_n(errors or [tf.constant(0, tf.float64)]),
@@ -216,9 +248,10 @@ class HSQFactory(tff.aggregators.UnweightedAggregationFactory):
       return client
 
     client_type = encode.type_signature.result
-    message_type = client_type['message']
+    # Everything a client sends counts, except the diagnostic distortion.
+    sent_specs = tff.types.type_to_tf_tensor_specs(client_type)
     message_bits = quantizer_lib.message_bits(
-        tff.types.type_to_tf_tensor_specs(message_type))
+        [spec for name, spec in sent_specs.items() if name != 'distortion'])
     num_elements = sum(spec.shape.num_elements() for spec in leaves)
 
     def decode_client(message):
@@ -235,11 +268,27 @@ class HSQFactory(tff.aggregators.UnweightedAggregationFactory):
           valid.append(q.is_valid(encoded))
       return decoded, tf.reduce_all(valid) if valid else tf.constant(True)
 
+    def bound_norm(decoded, norm):
+      """Scales the decoded compressed tensors jointly to a norm <= `norm`; (tensors, scaled?)."""
+      norm = tf.cast(norm, tf.float64)
+      squares = [tf.reduce_sum(tf.square(tf.cast(x, tf.float64)))
+                 for x, q in zip(decoded, quantizers) if q is not None]
+      decoded_norm = tf.sqrt(tf.add_n(squares or [tf.constant(0, tf.float64)]))
+      limit = norm * (1.0 - margin)
+      scaled = decoded_norm > limit
+      factor = tf.where(scaled, tf.math.divide_no_nan(limit, decoded_norm), 1.0)
+      bounded = [
+          tf.cast(tf.cast(x, tf.float64) * factor, x.dtype) if q is not None else x
+          for x, q in zip(decoded, quantizers)
+      ]
+      return bounded, scaled
+
     @tff.tensorflow.computation
     def zero():
       return collections.OrderedDict(
           sum=[tf.zeros(spec.shape, spec.dtype) for spec in leaves],
           malformed=tf.constant(0, tf.int32),
+          reclipped=tf.constant(0, tf.int32),
           distortion=tf.constant(0.0, tf.float64),
           clients=tf.constant(0, tf.int32))
 
@@ -248,12 +297,18 @@ class HSQFactory(tff.aggregators.UnweightedAggregationFactory):
     @tff.tensorflow.computation(accumulator_type, client_type)
     def accumulate(acc, client):
       decoded, valid = decode_client(client['message'])
+      scaled = tf.constant(False)
+      if reclip:
+        norm = client['norm']
+        valid = tf.logical_and(valid, tf.logical_and(tf.math.is_finite(norm), norm >= 0.0))
+        decoded, scaled = bound_norm(decoded, tf.where(valid, norm, 0.0))
       contribution = [tf.where(valid, x, tf.zeros_like(x)) for x in decoded]
       distortion = (tf.cast(client['distortion'], tf.float64) if measure_distortion
                     else tf.constant(0.0, tf.float64))
       return collections.OrderedDict(
           sum=[a + c for a, c in zip(acc['sum'], contribution)],
           malformed=acc['malformed'] + tf.cast(tf.logical_not(valid), tf.int32),
+          reclipped=acc['reclipped'] + tf.cast(tf.logical_and(valid, scaled), tf.int32),
           distortion=acc['distortion'] + tf.where(valid, distortion, tf.zeros_like(distortion)),
           clients=acc['clients'] + tf.cast(valid, tf.int32))
 
@@ -267,6 +322,8 @@ class HSQFactory(tff.aggregators.UnweightedAggregationFactory):
           bits_per_coordinate=tf.constant(message_bits / num_elements, tf.float32),
           compression_ratio=tf.constant(32.0 * num_elements / message_bits, tf.float32),
           malformed_messages=acc['malformed'])
+      if reclip:
+        measurements['reclipped_messages'] = acc['reclipped']
       if measure_distortion:
         measurements['distortion'] = tf.cast(
             tf.math.divide_no_nan(acc['distortion'], tf.cast(acc['clients'], tf.float64)),
@@ -292,7 +349,8 @@ def _compressed(spec: tf.TensorSpec, threshold: int) -> bool:
   return spec.dtype.is_floating and spec.shape.num_elements() >= threshold
 
 
-def _check_value_type(value_type):
+def check_value_type(value_type):
+  """TypeError, printing the type, unless value_type is a structure of fixed-shape tensors."""
   if not (isinstance(value_type, (tff.TensorType, tff.StructType)) and
           tff.types.is_structure_of_tensors(value_type)):
     raise TypeError(

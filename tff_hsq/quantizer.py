@@ -212,7 +212,8 @@ class Quantizer:
     x = tf.convert_to_tensor(x)
     if x.dtype not in FLOAT_DTYPES:
       raise TypeError(
-          f'Quantizer.encode needs a floating-point tensor ({", ".join(d.name for d in FLOAT_DTYPES)}); '
+          'Quantizer.encode needs a floating-point tensor '
+          f'({", ".join(d.name for d in FLOAT_DTYPES)}); '
           f'got dtype {x.dtype.name}.')
     if not x.shape.is_fully_defined():
       raise ValueError(f'Quantizer.encode needs a fully defined shape; got {x.shape}.')
