@@ -8,9 +8,17 @@ STAMP := $(VENV)/.installed
 # Quiet TensorFlow's C++ start-up logging; Python warnings still show.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test codebooks clean
+.PHONY: venv datasets demo test codebooks clean
 
 venv: $(STAMP)
+
+# The offline datasets that Debian packages (see examples/data.py): Fashion-MNIST and the King
+# James Bible. Installed once, as root, when missing.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+datasets:
+	@if [ ! -e $(FASHION_MNIST) ] || ! command -v bible >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq dataset-fashion-mnist bible-kjv >/dev/null; fi
 
 $(STAMP): requirements.txt requirements-nodeps.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +28,10 @@ $(STAMP): requirements.txt requirements-nodeps.txt setup.py
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-demo: $(STAMP)
-	$(PY) examples/train.py
+demo: $(STAMP) datasets
+	$(PY) examples/train.py --noresume
 
-test: $(STAMP)
+test: $(STAMP) datasets
 	$(PY) -m pytest tests
 
 # Regenerates the shipped k-means codebooks (tff_hsq/data/codebooks.npz); about a minute.
