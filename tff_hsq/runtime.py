@@ -35,13 +35,19 @@ def _children(pid: int):
   return children
 
 
-def _is_worker(pid: int) -> bool:
+def is_worker(pid: int) -> bool:
+  """Whether process `pid` runs TFF's `worker_binary` (False once it has exited)."""
   try:
     with open(f'/proc/{pid}/cmdline', 'rb') as f:
       argv = f.read().split(b'\0')
   except OSError:
     return False
   return bool(argv) and os.path.basename(argv[0]) == b'worker_binary'
+
+
+def worker_pids(pid: int) -> list:
+  """Pids of the TFF `worker_binary` processes that are direct children of process `pid`."""
+  return [child for child in _children(pid) if is_worker(child)]
 
 
 def stop_local_workers(timeout: float = 10.0) -> list:
@@ -51,7 +57,7 @@ def stop_local_workers(timeout: float = 10.0) -> list:
   touched. Call it when this process is done with TFF computations: TFF's service manager
   does not expect its worker to go away and fails its next computation if it has.
   """
-  workers = [pid for pid in _children(os.getpid()) if _is_worker(pid)]
+  workers = worker_pids(os.getpid())
   for pid in workers:
     _signal(pid, signal.SIGINT)  # What TFF itself sends: the worker shuts down its server.
   deadline = time.monotonic() + timeout
