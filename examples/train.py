@@ -58,6 +58,7 @@ DATASETS = ('mnist5k', 'fashion_mnist', 'emnist', 'kjv')
 
 _AGGREGATORS = flags.DEFINE_list('aggregators', ['none', 'tff_compression', 'balanced'],
                                  f'Comma-separated, from {AGGREGATORS}.')
+flags.DEFINE_alias('aggregator', 'aggregators')
 _DATASET = flags.DEFINE_enum('dataset', 'mnist5k', DATASETS, 'Offline dataset.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'emnist: the folder of emnist_all.sqlite.')
 _ROUNDS = flags.DEFINE_integer('rounds', 20, 'Federated rounds per aggregator.')

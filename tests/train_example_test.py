@@ -109,6 +109,8 @@ def test_a_killed_run_resumes_to_the_same_results(tmp_path):
 def test_unknown_aggregator_is_a_usage_error():
   with pytest.raises(Exception, match='bogus'):
     run_main(['--aggregators=none,bogus'])
+  with pytest.raises(Exception, match='bogus'):
+    run_main(['--aggregator=bogus'])  # the singular spelling is an alias
 
 
 @pytest.mark.parametrize('dataset,extra', [
