@@ -108,7 +108,7 @@ def round_time(repeats):
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
   import tff_hsq  # pylint: disable=g-import-not-at-top
   from examples import data  # pylint: disable=g-import-not-at-top
-  from examples import train  # pylint: disable=g-import-not-at-top
+  from examples import models  # pylint: disable=g-import-not-at-top
   images, labels = data.mnist5k()
   clients = [
       tf.data.Dataset.from_tensor_slices(collections.OrderedDict(
@@ -120,7 +120,7 @@ def round_time(repeats):
   def build(aggregator):
     def model_fn():
       return tff.learning.models.from_keras_model(
-          train.keras_model(0), input_spec=spec,
+          models.mlp(0), input_spec=spec,
           loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return tff.learning.algorithms.build_weighted_fed_avg(
         model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1),

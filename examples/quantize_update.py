@@ -20,25 +20,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tff_hsq  # pylint: disable=g-import-not-at-top
 from tff_hsq import presets  # pylint: disable=g-import-not-at-top
 from examples import data  # pylint: disable=g-import-not-at-top
+from examples import models  # pylint: disable=g-import-not-at-top
 
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the client split, model and local training.')
 _CLIENTS = flags.DEFINE_integer('clients', 10, 'Number of non-IID clients (Dirichlet 0.5).')
-
-
-def model_fn(seed):
-  tf.keras.utils.set_random_seed(seed)
-  return tf.keras.Sequential([
-      tf.keras.layers.InputLayer(input_shape=(784,)),
-      tf.keras.layers.Dense(128, activation='relu'),
-      tf.keras.layers.Dense(10),
-  ])
 
 
 def client_update(seed, num_clients):
   """The weight deltas of one client's local epoch: a list of float32 numpy arrays."""
   images, labels = data.mnist5k()
   shard = data.dirichlet_split(labels, num_clients, alpha=0.5, seed=seed)[0]
-  model = model_fn(seed)
+  model = models.mlp(seed)
   before = [w.copy() for w in model.get_weights()]
   model.compile(optimizer=tf.keras.optimizers.SGD(0.1),
                 loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))

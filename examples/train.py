@@ -51,6 +51,7 @@ import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tff_hsq  # pylint: disable=g-import-not-at-top
 from examples import data  # pylint: disable=g-import-not-at-top
+from examples import models  # pylint: disable=g-import-not-at-top
 
 BASELINES = ('none', 'tff_compression')
 AGGREGATORS = BASELINES + tuple(tff_hsq.presets.PRESETS) + ('dp_hsq', 'secure_hsq')
@@ -92,34 +93,6 @@ class Task:
   keras_model: Callable[[int], tf.keras.Model]  # seed -> a fresh model
 
 
-def mlp(seed):
-  """A 784-128-10 MLP (101,770 parameters; its 100,352-entry kernel is HSQ-compressed)."""
-  tf.keras.utils.set_random_seed(seed)
-  return tf.keras.Sequential([
-      tf.keras.layers.InputLayer(input_shape=(784,)),
-      tf.keras.layers.Dense(128, activation='relu'),
-      tf.keras.layers.Dense(10),
-  ])
-
-
-keras_model = mlp  # The benchmarks build the same model.
-
-
-def char_model(vocab_size, seq_len):
-  """Embedding(8) -> GRU(128) -> Dense(vocab): next-character logits at every position."""
-
-  def build(seed):
-    tf.keras.utils.set_random_seed(seed)
-    return tf.keras.Sequential([
-        tf.keras.layers.InputLayer(input_shape=(seq_len,), dtype=tf.int32),
-        tf.keras.layers.Embedding(vocab_size, 8),
-        tf.keras.layers.GRU(128, return_sequences=True),  # 49,152-entry recurrent kernel
-        tf.keras.layers.Dense(vocab_size),
-    ])
-
-  return build
-
-
 def _datasets(arrays):
   """[(x, y)] -> batched tf.data.Datasets, each capped at --max_examples_per_client."""
   cap = _MAX_EXAMPLES.value
@@ -141,17 +114,18 @@ def load_task(name, seed) -> Task:
     order = np.random.default_rng(seed).permutation(len(labels))
     test, train = order[:_MNIST5K_TEST_SIZE], order[_MNIST5K_TEST_SIZE:]
     return Task(_dirichlet_clients(images[train], labels[train], seed),
-                (images[test], labels[test]), mlp)
+                (images[test], labels[test]), models.mlp)
   if name == 'fashion_mnist':
     (images, labels), test = data.fashion_mnist()
-    return Task(_dirichlet_clients(images, labels, seed), test, mlp)
+    return Task(_dirichlet_clients(images, labels, seed), test, models.mlp)
   if name == 'emnist':
     clients, test = data.emnist_clients(_DATA_DIR.value, _CLIENTS.value, seed)
-    return Task(_datasets(clients), test, mlp)
+    return Task(_datasets(clients), test, models.mlp)
   # --max_examples_per_client also caps each book's held-out windows, for quick runs.
   vocab, books, test = data.kjv_clients(
       seq_len=_SEQ_LEN.value, max_sequences_per_book=_MAX_EXAMPLES.value)
-  return Task(_datasets(books.values()), test, char_model(len(vocab), _SEQ_LEN.value))
+  return Task(_datasets(books.values()), test,
+              models.char_model(len(vocab), _SEQ_LEN.value))
 
 
 def model_aggregator(name, max_weight):

@@ -62,20 +62,23 @@ def federated_mnist(num_clients, seed):
   ]
 
 
-@pytest.mark.parametrize('preset', ['balanced', 'unbiased'])
-def test_three_rounds_of_weighted_fed_avg_reduce_the_loss(preset):
-  clients = federated_mnist(num_clients=5, seed=0)
-
+def build_fed_avg(build, aggregator, clients, **kwargs):
   def model_fn():
     return tff.learning.models.from_keras_model(
         keras_model(), input_spec=clients[0].element_spec,
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
-  process = tff.learning.algorithms.build_weighted_fed_avg(
-      model_fn,
-      client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=0.1),
-      server_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=1.0),
-      model_aggregator=tff_hsq.learning.hsq_aggregator(preset))
+  return build(model_fn,
+               client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=0.1),
+               server_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=1.0),
+               model_aggregator=aggregator, **kwargs)
+
+
+@pytest.mark.parametrize('preset', ['balanced', 'unbiased'])
+def test_three_rounds_of_weighted_fed_avg_reduce_the_loss(preset):
+  clients = federated_mnist(num_clients=5, seed=0)
+  process = build_fed_avg(tff.learning.algorithms.build_weighted_fed_avg,
+                          tff_hsq.learning.hsq_aggregator(preset), clients)
   state = process.initialize()
   losses = []
   for _ in range(3):
@@ -161,18 +164,6 @@ def test_dp_without_reclip_is_refused_for_modes_that_inflate_norms():
     tff_hsq.learning.dp_hsq_aggregator(1.0, 10, 'log_d', reclip=False)
   # Nearest mode never increases a norm, so it may go without the extra float per client.
   tff_hsq.learning.dp_hsq_aggregator(1.0, 100, 'balanced', reclip=False)
-
-
-def build_fed_avg(build, aggregator, clients, **kwargs):
-  def model_fn():
-    return tff.learning.models.from_keras_model(
-        keras_model(), input_spec=clients[0].element_spec,
-        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-
-  return build(model_fn,
-               client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=0.1),
-               server_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=1.0),
-               model_aggregator=aggregator, **kwargs)
 
 
 def test_three_rounds_of_dp_fed_avg():
