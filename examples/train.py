@@ -52,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tff_hsq  # pylint: disable=g-import-not-at-top
 from examples import data  # pylint: disable=g-import-not-at-top
 from examples import models  # pylint: disable=g-import-not-at-top
+from examples import remote  # pylint: disable=g-import-not-at-top
 
 BASELINES = ('none', 'tff_compression')
 AGGREGATORS = BASELINES + tuple(tff_hsq.presets.PRESETS) + ('dp_hsq', 'secure_hsq')
@@ -78,6 +79,11 @@ _DELTA = flags.DEFINE_float('delta', 1e-5, 'dp_hsq: the delta of the reported ep
 _CLIP = flags.DEFINE_float('clip', 10.0, 'secure_hsq: the fixed L2 clip norm of updates.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', '/tmp/tff_hsq_train',
                                   'Where metrics, checkpoints and the plot are written.')
+_WORKER = flags.DEFINE_string(
+    'worker', None, 'host:port of a running TFF worker service (python examples/remote.py '
+    '--port=PORT) to run the computations on, instead of starting a local one.')
+_WORKER_TIMEOUT = flags.DEFINE_float(
+    'worker_timeout', 30.0, 'Seconds to wait for an unreachable --worker before failing.')
 _RESUME = flags.DEFINE_bool(
     'resume', True, 'Resume each aggregator from its last checkpoint in output_dir; with '
     '--noresume, earlier results of the aggregator in output_dir are deleted first.')
@@ -290,6 +296,9 @@ def main(argv):
   unknown = [a for a in _AGGREGATORS.value if a not in AGGREGATORS]
   if unknown:
     raise app.UsageError(f'Unknown aggregator(s) {unknown}; choose from {AGGREGATORS}.')
+  if _WORKER.value and 'secure_hsq' in _AGGREGATORS.value:
+    raise app.UsageError('secure_hsq runs in TFF\'s local test context (the C++ worker cannot '
+                         'execute secure sums); drop it or --worker.')
   logging.set_verbosity(logging.WARNING)  # TFF logs every Keras metric it adds at INFO.
   tff_hsq.runtime.stop_local_workers_at_exit()
   task = load_task(_DATASET.value, _SEED.value)
@@ -300,7 +309,11 @@ def main(argv):
   run_dirs = {name: os.path.join(output_dir, name) for name in _AGGREGATORS.value}
   results = []
   for name in _AGGREGATORS.value:
-    if name == 'secure_hsq':
+    if _WORKER.value:
+      with tff.framework.get_context_stack().install(remote.execution_context(
+          _WORKER.value, connect_timeout=_WORKER_TIMEOUT.value)):
+        results.append(train(name, task, _SEED.value, run_dirs[name]))
+    elif name == 'secure_hsq':
       # TFF's default C++ context cannot run secure sums; its test context runs them on the
       # same runtime (compiled to plain sums, with their bit widths checked).
       context = tff.backends.test.create_sync_test_cpp_execution_context()

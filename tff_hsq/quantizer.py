@@ -14,6 +14,28 @@ Modes:
   log_d:      the whole tensor is one sub-vector over the orthonormal basis of a seeded
               randomized Hadamard transform (never materialized); k is drawn as in stochastic
               mode, and the message is one index and one float32 scale: 64 bits per tensor.
+  rotated:    beyond the paper (DRIVE-style, Vargaftik et al. 2021, with vector codewords). The
+              flattened tensor is cut into blocks of B = `block_size` entries (a power of two;
+              the tail block is the smallest power of two >= its entries, zero-padded). Each
+              block x_b is rotated, y = R_b x_b, by a randomized Hadamard transform whose signs
+              are drawn from `rotation_key`, a 64-bit key drawn from the encode seed and SENT
+              in the message (so the server rebuilds R_b from the message alone), and from the
+              block's position. Each length-d sub-vector y_j gets the nearest codeword k_j of
+              y_j / sigma_b (sigma_b^2 = ||x_b||^2 / B; a Gaussian k-means codebook by default)
+              and the block gets ONE float32 scale S_b; decode: S_b R_b^T c_hat, c_hat the
+              concatenated codewords. `rotated_scale`:
+                unbiased:   S = ||x_b||^2 / <y, c_hat>. E[decode] = x over a uniformly random
+                            rotation (DRIVE's argument: the error is orthogonal to x and
+                            symmetric); NMSE = 1 / cos^2(y, c_hat) - 1. With the randomized
+                            Hadamard transform it is unbiased to within statistical noise on
+                            typical inputs (measured in benchmarks/rotated.py); can increase
+                            the norm.
+                projection: S = <y, c_hat> / ||c_hat||^2 (least squares, shrunk by 2^-16 to
+                            absorb float32 rounding): biased, NMSE = 1 - cos^2, and the decode
+                            never has a larger norm than the input.
+              Message: `indices` (as above, log2 K bits per sub-vector), `scales` (float32
+              [num_blocks]) and `rotation_key` (int32 [2]): log2(K) / d bits per coordinate plus
+              32 per block plus 64 per tensor.
 
 Scales are sent in n-bit sign-magnitude form relative to the per-tensor maximum |s| (a float32),
 so that a zero scale stays exactly zero: magnitude code q in [0, 2^(n-1) - 1], decoded as
@@ -34,7 +56,8 @@ from tff_hsq import codebooks
 from tff_hsq import packing
 from tff_hsq import rotation
 
-MODES = ('nearest', 'stochastic', 'log_d')
+MODES = ('nearest', 'stochastic', 'log_d', 'rotated')
+ROTATED_SCALES = ('unbiased', 'projection')
 FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 # Sub-vectors are projected onto the codebook this many at a time, so the [N, K] projection is
@@ -47,6 +70,11 @@ _MAX_K = 4096
 _INDEX_STREAM = 1
 _SCALE_STREAM = 2
 _ROTATION_STREAM = 0x5EED
+_KEY_STREAM = 3
+# Rotated mode: default block size, the largest allowed, and the projection scale's shrink.
+DEFAULT_BLOCK = 1 << 14
+_MAX_BLOCK = 1 << 20
+_PROJECTION_SHRINK = 1.0 - 2.0**-16
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -59,7 +87,8 @@ class Message:
       nearest/stochastic: `indices` (uint8 [N] if K = 256, else uint32 words of packed
       log2 K-bit indices), `scale_codes` (uint32 words of packed
       n-bit sign-magnitude codes) and `max_scale` (float32 []); log_d: `index` (uint32 []) and
-      `scale` (float32 []).
+      `scale` (float32 []); rotated: `indices` (as above), `scales` (float32 [num_blocks]) and
+      `rotation_key` (int32 [2]).
     shape: the encoded tensor's static shape (known to the receiver from the value type).
     dtype: the encoded tensor's dtype (likewise).
   """
@@ -100,7 +129,9 @@ class Quantizer:
                scale_bits: int = 6,
                mode: str = 'nearest',
                codebook_seed: int = 0,
-               codebook: Optional[str] = None):
+               codebook: Optional[str] = None,
+               rotated_scale: str = 'unbiased',
+               block_size: int = DEFAULT_BLOCK):
     """Configures the quantizer.
 
     Args:
@@ -108,12 +139,15 @@ class Quantizer:
       codebook_size: K, the number of codewords: a power of two with K >= d, at most 4096.
         Unused by log_d.
       scale_bits: n, bits per scale code (sign + n - 1 magnitude bits), 2 <= n <= 16. Unused
-        by log_d, which sends one float32 scale.
-      mode: one of 'nearest', 'stochastic', 'log_d' (see the module docstring).
+        by log_d and rotated, which send float32 scales.
+      mode: one of 'nearest', 'stochastic', 'log_d', 'rotated' (see the module docstring).
       codebook_seed: seed of the codebook (and of log_d's rotation); every party must use the
         same value.
       codebook: 'spherical_kmeans', 'orthonormal' (K = d) or 'cross_polytope' (K = 2d); by
-        default orthonormal for K = d, cross-polytope for K = 2d, else spherical k-means.
+        default orthonormal for K = d, cross-polytope for K = 2d, else spherical k-means;
+        in rotated mode also 'gaussian_kmeans' (its default) or 'signed_spherical_kmeans'.
+      rotated_scale: rotated mode's block scale, 'unbiased' or 'projection'.
+      block_size: rotated mode's block length B: a power of two, dim <= B <= 2^20.
 
     Raises:
       ValueError: naming the argument that is out of range.
@@ -137,12 +171,26 @@ class Quantizer:
       raise ValueError(f'scale_bits must be in [2, 16]; got {scale_bits}.')
     if codebook_seed < 0:
       raise ValueError(f'codebook_seed must be >= 0; got {codebook_seed}.')
+    if rotated_scale not in ROTATED_SCALES:
+      raise ValueError(f'rotated_scale must be one of {ROTATED_SCALES}; got {rotated_scale!r}.')
+    if mode == 'rotated':
+      if dim & (dim - 1):
+        raise ValueError(f'dim must be a power of two in rotated mode; got {dim}.')
+      if (not isinstance(block_size, (int, np.integer)) or isinstance(block_size, bool) or
+          block_size & (block_size - 1) or not dim <= block_size <= _MAX_BLOCK):
+        raise ValueError(
+            f'block_size must be a power of two in [dim, {_MAX_BLOCK}]; got {block_size!r}.')
+    self._rotated_scale = rotated_scale
+    self._block_size = int(block_size)
     self._dim = int(dim)
     self._codebook_size = int(codebook_size)
     self._scale_bits = int(scale_bits)
     self._mode = mode
     self._codebook_seed = int(codebook_seed)
-    self._codebook_kind = codebook or codebooks.default_kind(self._dim, self._codebook_size)
+    if mode == 'rotated':
+      self._codebook_kind = codebook or 'gaussian_kmeans'
+    else:
+      self._codebook_kind = codebook or codebooks.default_kind(self._dim, self._codebook_size)
     if mode != 'log_d':
       # Builds (or loads) the codebook now, so that a bad kind fails at construction.
       self._codebook = codebooks.make(self._codebook_kind, self._dim, self._codebook_size,
@@ -169,8 +217,19 @@ class Quantizer:
     return self._codebook_seed
 
   @property
+  def rotated_scale(self) -> str:
+    return self._rotated_scale
+
+  @property
+  def block_size(self) -> int:
+    return self._block_size
+
+  @property
   def codebook(self) -> np.ndarray:
-    """The codewords as rows: float32 [codebook_size, dim] (not defined for log_d)."""
+    """The codewords as rows: float32 [codebook_size, dim] (not defined for log_d).
+
+    Unit norm, except rotated mode's default `gaussian_kmeans` codebook.
+    """
     if self._mode == 'log_d':
       raise AttributeError('log_d mode has no explicit codebook (it is a Hadamard basis).')
     return self._codebook
@@ -178,17 +237,23 @@ class Quantizer:
   @property
   def unbiased(self) -> bool:
     """Whether E[decode(encode(x))] = x over the encode seed."""
+    if self._mode == 'rotated':
+      return self._rotated_scale == 'unbiased'
     return self._mode in ('stochastic', 'log_d')
 
   @property
   def norm_non_increasing(self) -> bool:
     """Whether ||decode(encode(x))|| <= ||x|| always (up to float32 rounding)."""
+    if self._mode == 'rotated':
+      return self._rotated_scale == 'projection'
     return self._mode == 'nearest'
 
   def __repr__(self):
+    rotated = (f', rotated_scale={self._rotated_scale!r}, block_size={self._block_size}'
+               if self._mode == 'rotated' else '')
     return (f'Quantizer(dim={self._dim}, codebook_size={self._codebook_size}, '
             f'scale_bits={self._scale_bits}, mode={self._mode!r}, '
-            f'codebook_seed={self._codebook_seed}, codebook={self._codebook_kind!r})')
+            f'codebook_seed={self._codebook_seed}, codebook={self._codebook_kind!r}{rotated})')
 
   # ----------------------------------------------------------------------------------------
   # Encode.
@@ -223,6 +288,8 @@ class Quantizer:
     flat = tf.reshape(tf.cast(x, tf.float32), [-1])
     if self._mode == 'log_d':
       components = self._encode_log_d(flat, seed)
+    elif self._mode == 'rotated':
+      components = self._encode_rotated(flat, seed)
     else:
       components = self._encode_codebook(flat, seed)
     return Message(components, x.shape, x.dtype)
@@ -246,8 +313,9 @@ class Quantizer:
     Raises:
       ValueError: in log_d mode, which has no codebook.
     """
-    if self._mode == 'log_d':
-      raise ValueError('Quantizer.assign needs a codebook mode; log_d has none.')
+    if self._mode in ('log_d', 'rotated'):
+      raise ValueError(
+          f'Quantizer.assign needs a per-sub-vector-scale codebook mode; not {self._mode}.')
     flat = tf.reshape(tf.cast(tf.convert_to_tensor(x), tf.float32), [-1])
     return self._assign(flat, tf.cast(tf.convert_to_tensor(seed), tf.int64))
 
@@ -336,6 +404,121 @@ class Quantizer:
         index=tf.cast(k, tf.uint32),
         scale=tf.where(finite, scale, np.float32(np.nan)))
 
+  # --- rotated mode ---------------------------------------------------------------------------
+  def _block_layout(self, num_elements: int):
+    """(number of full blocks, tail block length or 0) for a tensor of num_elements."""
+    full = num_elements // self._block_size
+    tail = num_elements - full * self._block_size
+    return full, (rotation.padded_size(max(tail, self._dim)) if tail else 0)
+
+  def _block_signs(self, key: tf.Tensor, num_blocks: int, size: int, part: int) -> tf.Tensor:
+    """float32 [num_blocks, size] rotation signs of part 0 (full blocks) or 1 (the tail).
+
+    A function of the sent `rotation_key`, the codebook seed and the block's position only,
+    so the server draws the same signs from the message.
+    """
+    base = _fold(_fold(tf.cast(key, tf.int64), self._codebook_seed), part)
+    bits = tf.random.stateless_uniform([num_blocks, size], seed=base, minval=0, maxval=2,
+                                       dtype=tf.int32)
+    return tf.cast(2 * bits - 1, tf.float32)
+
+  def _rotated_parts(self, flat: tf.Tensor):
+    """Splits flat float32 [D] into (full blocks [F, B], tail block [1, T]) (zero-padded)."""
+    full, tail = self._block_layout(flat.shape[0])
+    parts = []
+    if full:
+      parts.append(tf.reshape(flat[:full * self._block_size], [full, self._block_size]))
+    if tail:
+      rest = flat[full * self._block_size:]
+      parts.append(tf.reshape(tf.pad(rest, [[0, tail - rest.shape[0]]]), [1, tail]))
+    return parts
+
+  def _encode_rotated(self, flat, seed):
+    d = self._dim
+    finite_entries = tf.math.is_finite(flat)
+    finite = tf.reduce_all(finite_entries)
+    flat = tf.where(finite_entries, flat, tf.zeros_like(flat))
+    key = tf.random.stateless_uniform([2], _fold(seed, _KEY_STREAM), minval=None, maxval=None,
+                                      dtype=tf.int32)
+    codebook = tf.constant(self._codebook)  # [K, d]
+    half_norms = 0.5 * np.sum(self._codebook.astype(np.float64)**2, axis=1)
+    # argmax_k <v, c_k> - sigma ||c_k||^2 / 2 as one product: [v, sigma] @ [C^T; -h].
+    augmented = tf.constant(np.concatenate(
+        [self._codebook.T, -half_norms[np.newaxis, :]], axis=0).astype(np.float32))  # [d+1, K]
+    squared_norms = tf.constant(2.0 * half_norms)  # float64 [K]
+    indices, scales = [], []
+    for part, z in enumerate(self._rotated_parts(flat)):
+      num_blocks, size = z.shape
+      # Each block divided by its largest magnitude: the rotation then neither overflows nor
+      # underflows in float32, whatever the input's magnitude. The scale takes it back.
+      peak = tf.reduce_max(tf.abs(z), axis=1)  # [n]
+      z = tf.math.divide_no_nan(z, peak[:, None])
+      y = rotation.hadamard_matmul(z * self._block_signs(key, num_blocks, size, part))
+      y = y / np.float32(np.sqrt(size))
+      energy = tf.reduce_sum(tf.square(tf.cast(z, tf.float64)), axis=1)  # ||z_b||^2
+      sigma = tf.cast(tf.sqrt(energy / size), tf.float32)
+      per_block = size // d
+      v = tf.reshape(y, [num_blocks * per_block, d])
+      v_sigma = tf.reshape(tf.repeat(sigma[:, None], per_block, axis=1), [-1, 1])
+      k = self._nearest(tf.concat([v, v_sigma], axis=1), augmented)
+      chosen = tf.gather(codebook, k)  # [N, d]
+      dots = tf.reshape(tf.reduce_sum(tf.cast(v * chosen, tf.float64), axis=1),
+                        [num_blocks, per_block])
+      inner = tf.reduce_sum(dots, axis=1)  # <y, c_hat>
+      c_norm2 = tf.reduce_sum(
+          tf.reshape(tf.gather(squared_norms, k), [num_blocks, per_block]), axis=1)
+      if self._rotated_scale == 'unbiased':
+        scale = tf.math.divide_no_nan(energy, inner)
+      else:
+        # Least squares, never past ||z|| / ||c_hat|| (Cauchy-Schwarz, float64), then shrunk
+        # by 2^-16: the float32 rotations of encode and decode cannot lengthen the decode
+        # beyond the input's norm.
+        ls = tf.math.divide_no_nan(tf.abs(inner), c_norm2)
+        cap = tf.math.divide_no_nan(tf.sqrt(energy), tf.sqrt(c_norm2))
+        scale = tf.sign(inner) * tf.minimum(ls, cap) * _PROJECTION_SHRINK
+      indices.append(k)
+      scales.append(tf.cast(scale * tf.cast(peak, tf.float64), tf.float32))
+    scales = tf.concat(scales, axis=0)
+    return collections.OrderedDict(
+        indices=self._pack_indices(tf.concat(indices, axis=0)),
+        scales=tf.where(finite, scales, np.float32(np.nan)),
+        rotation_key=key)
+
+  def _nearest(self, v_aug: tf.Tensor, augmented: tf.Tensor) -> tf.Tensor:
+    """int32 [N]: argmax of v_aug @ augmented per row, _CHUNK rows at a time."""
+    num = v_aug.shape[0]
+    chunk = min(_CHUNK, num)
+    num_chunks = -(-num // chunk)
+    if num_chunks == 1:
+      return tf.argmax(tf.matmul(v_aug, augmented), axis=1, output_type=tf.int32)
+    padded = tf.pad(v_aug, [[0, num_chunks * chunk - num], [0, 0]])
+    pieces = tf.reshape(padded, [num_chunks, chunk, v_aug.shape[1]])
+    k = tf.map_fn(
+        lambda piece: tf.argmax(tf.matmul(piece, augmented), axis=1, output_type=tf.int32),
+        pieces, fn_output_signature=tf.int32, parallel_iterations=1)
+    return tf.reshape(k, [-1])[:num]
+
+  def _decode_rotated(self, message: Message, valid: tf.Tensor) -> tf.Tensor:
+    c = message.components
+    d = self._dim
+    num_elements = message.shape.num_elements()
+    full, tail = self._block_layout(num_elements)
+    sizes = ([(full, self._block_size)] if full else []) + ([(1, tail)] if tail else [])
+    num_vectors = sum(n * size // d for n, size in sizes)
+    k = self._unpack_indices(c['indices'], num_vectors)
+    codewords = tf.gather(tf.constant(self._codebook), k)  # [N, d]
+    scales = tf.where(valid, c['scales'], tf.zeros_like(c['scales']))
+    out, vector, block = [], 0, 0
+    for part, (n, size) in enumerate(sizes):
+      num = n * size // d
+      c_hat = tf.reshape(codewords[vector:vector + num], [n, size])
+      y = c_hat * scales[block:block + n, None]
+      x = rotation.hadamard_matmul(y) * self._block_signs(c['rotation_key'], n, size, part)
+      out.append(tf.reshape(x / np.float32(np.sqrt(size)), [-1]))
+      vector += num
+      block += n
+    return tf.concat(out, axis=0)
+
   def _rotation_signs(self, size: int) -> tf.Tensor:
     return rotation.random_signs(
         size, tf.constant([self._codebook_seed, _ROTATION_STREAM], tf.int64))
@@ -362,7 +545,7 @@ class Quantizer:
     """Decodes a Message to a tensor of its shape and dtype.
 
     A malformed message (a non-finite or negative maximum scale, a non-finite scale, a log_d
-    index >= P) decodes to zeros instead of raising; `is_valid` tells which messages those are.
+    index >= P, a non-finite rotated block scale) decodes to zeros instead of raising; `is_valid` tells which messages those are.
     Codebook indices cannot be out of range: their fields are exactly log2 K bits wide.
 
     Raises:
@@ -378,6 +561,8 @@ class Quantizer:
       index = tf.minimum(tf.cast(c['index'], tf.int64), size - 1)
       scale = tf.where(valid, c['scale'], 0.0)
       flat = scale * rotation.basis_vector(index, self._rotation_signs(size))
+    elif self._mode == 'rotated':
+      flat = self._decode_rotated(message, valid)
     else:
       n = self._scale_bits
       num_vectors = -(-num_elements // self._dim)
@@ -398,6 +583,8 @@ class Quantizer:
       size = rotation.padded_size(message.shape.num_elements())
       return tf.logical_and(
           tf.math.is_finite(c['scale']), tf.cast(c['index'], tf.int64) < size)
+    if self._mode == 'rotated':
+      return tf.reduce_all(tf.math.is_finite(c['scales']))
     # Index fields are exactly log2 K bits wide, so every codeword index is in range.
     return tf.logical_and(tf.math.is_finite(c['max_scale']), c['max_scale'] >= 0.0)
 

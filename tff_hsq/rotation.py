@@ -69,3 +69,49 @@ def basis_vector(index: tf.Tensor, signs: tf.Tensor) -> tf.Tensor:
       tf.constant(1, tf.uint8))
   hadamard_column = 1.0 - 2.0 * tf.cast(parity, tf.float32)
   return hadamard_column * signs / np.sqrt(size).astype(np.float32)
+
+
+# Largest Hadamard factor applied as a dense matrix product: H_P = H_a (x) H_b (x) ... with
+# every factor <= 128, so a 2^14 block is two [128, 128] matrix products (BLAS) instead of 14
+# memory-bound butterfly passes.
+_MAX_FACTOR = 128
+
+
+def _factors(size: int):
+  factors = []
+  while size > 1:
+    factors.append(min(size, _MAX_FACTOR))
+    size //= factors[-1]
+  return factors or [1]
+
+
+def hadamard_matmul(x: tf.Tensor) -> tf.Tensor:
+  """H x along the last axis, like `hadamard`, as Kronecker factors of dense matrix products.
+
+  In Sylvester order H_{ab} = H_a (x) H_b: reshaping a length-ab vector row-major to [a, b]
+  turns H_{ab} x into H_a X H_b. Same result as `hadamard` up to float32 rounding.
+
+  Args:
+    x: float32 tensor [n, P], P a static power of two.
+  """
+  size = x.shape[-1]
+  if size is None or size & (size - 1):
+    raise ValueError(f'hadamard_matmul needs a static power-of-two last dimension; got {x.shape}.')
+  factors = _factors(size)
+  y = tf.reshape(x, [-1, size])
+  after = size
+  for f in factors:
+    after //= f
+    h = tf.constant(_sylvester(f), x.dtype)
+    if after == 1:
+      y = tf.matmul(tf.reshape(y, [-1, f]), h)
+    else:
+      y = tf.matmul(h, tf.reshape(y, [-1, f, after]))  # h broadcast over the leading axis
+  return tf.reshape(y, tf.shape(x))
+
+
+def _sylvester(size: int) -> np.ndarray:
+  h = np.ones((1, 1), np.float32)
+  while h.shape[0] < size:
+    h = np.block([[h, h], [h, -h]])
+  return h
