@@ -27,9 +27,10 @@ import csv
 import os
 import platform
 import sys
-import time
 
 import numpy as np
+
+import speed_memory  # benchmarks/: its interleaved median timing
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -113,14 +114,8 @@ def encode_speed(tf, tff_hsq, quantizers, repeats):
     encode = tf.function(lambda v, s, q=q: q.encode(v, s).components, autograph=False)
     fns[name] = (lambda e=encode: [t.numpy() for t in e(x, seed).values()])
   for fn in fns.values():
-    fn()
-  times = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - start)
-  return {name: float(np.median(t)) for name, t in times.items()}
+    fn()  # trace
+  return speed_memory.median_times(fns, repeats)
 
 
 def main():

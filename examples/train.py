@@ -55,7 +55,7 @@ from examples import models  # pylint: disable=g-import-not-at-top
 from examples import remote  # pylint: disable=g-import-not-at-top
 
 BASELINES = ('none', 'tff_compression')
-AGGREGATORS = BASELINES + tuple(tff_hsq.presets.PRESETS) + ('dp_hsq', 'secure_hsq')
+AGGREGATORS = BASELINES + tuple(tff_hsq.presets.ALL) + ('dp_hsq', 'secure_hsq')
 DATASETS = ('mnist5k', 'fashion_mnist', 'emnist', 'kjv')
 
 _AGGREGATORS = flags.DEFINE_list('aggregators', ['none', 'tff_compression', 'balanced'],

@@ -5,22 +5,14 @@ import subprocess
 import sys
 import time
 
-from absl import flags
 import portpicker
 import pytest
 
 from examples import remote
 from examples import train
+from train_runner import run_main
 
 _ARGV = ['--clients=6', '--clients_per_round=3', '--aggregators=balanced']
-
-
-def run_main(argv):
-  flags.FLAGS(['train'] + argv)
-  try:
-    train.main([])
-  finally:
-    flags.FLAGS.unparse_flags()
 
 
 def read_csv(path):

@@ -8,21 +8,13 @@ import subprocess
 import sys
 import time
 
-from absl import flags
 import pytest
 
 from examples import train
+from train_runner import run_main
 import tff_hsq
 
 _SMALL = ['--rounds=2', '--clients=6', '--clients_per_round=3']
-
-
-def run_main(argv):
-  flags.FLAGS(['train'] + argv)
-  try:
-    train.main([])
-  finally:
-    flags.FLAGS.unparse_flags()
 
 
 def table(out):
