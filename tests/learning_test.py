@@ -74,19 +74,33 @@ def build_fed_avg(build, aggregator, clients, **kwargs):
                model_aggregator=aggregator, **kwargs)
 
 
+def run_three_rounds(process, clients, *hsq_path):
+  """Runs 3 rounds on all clients: (final state, training losses, HSQ measurements per round).
+
+  hsq_path: the keys from the aggregator's measurements down to the HSQ process's. Every round
+  must have no malformed message.
+  """
+  state = process.initialize()
+  losses, measurements = [], []
+  for _ in range(3):
+    output = process.next(state, clients)
+    state = output.state
+    losses.append(output.metrics['client_work']['train']['loss'])
+    hsq = output.metrics['aggregator']
+    for key in hsq_path:
+      hsq = hsq[key]
+    assert hsq['malformed_messages'] == 0
+    measurements.append(hsq)
+  return state, losses, measurements
+
+
 @pytest.mark.parametrize('preset', ['balanced', 'unbiased'])
 def test_three_rounds_of_weighted_fed_avg_reduce_the_loss(preset):
   clients = federated_mnist(num_clients=5, seed=0)
   process = build_fed_avg(tff.learning.algorithms.build_weighted_fed_avg,
                           tff_hsq.learning.hsq_aggregator(preset), clients)
-  state = process.initialize()
-  losses = []
-  for _ in range(3):
-    output = process.next(state, clients)
-    state = output.state
-    losses.append(output.metrics['client_work']['train']['loss'])
-    hsq = output.metrics['aggregator']['zeroing']['mean_value']
-    assert hsq['malformed_messages'] == 0
+  _, losses, measurements = run_three_rounds(process, clients, 'zeroing', 'mean_value')
+  hsq = measurements[-1]
   # The clients' training loss (measured before each round's aggregation) falls round on
   # round: from ~2.3 (chance over 10 classes) as the aggregated updates take effect.
   assert losses[0] > losses[1] > losses[2]
@@ -172,14 +186,8 @@ def test_three_rounds_of_dp_fed_avg():
       tff.learning.algorithms.build_unweighted_fed_avg,
       tff_hsq.learning.dp_hsq_aggregator(noise_multiplier=0.1, clients_per_round=5, clip=2.0),
       clients)
-  state = process.initialize()
-  losses = []
-  for _ in range(3):
-    output = process.next(state, clients)
-    state = output.state
-    losses.append(output.metrics['client_work']['train']['loss'])
-    hsq = output.metrics['aggregator']['zeroing']['dp']
-    assert hsq['malformed_messages'] == 0
+  state, losses, measurements = run_three_rounds(process, clients, 'zeroing', 'dp')
+  for hsq in measurements:
     assert hsq['bits_per_coordinate'] == pytest.approx(
         (0.875 * 25088 + 32 * 362 + 32) / 25450, rel=1e-3)  # + one float32 norm per client
   weights = process.get_model_weights(state).trainable
@@ -195,14 +203,9 @@ def test_three_rounds_of_secure_weighted_fed_avg():
   aggregator = tff_hsq.learning.secure_hsq_aggregator(clip=10.0, max_weight=1000.0,
                                                       max_clients=8)
   process = build_fed_avg(tff.learning.algorithms.build_weighted_fed_avg, aggregator, clients)
-  state = process.initialize()
-  losses = []
-  for _ in range(3):
-    output = process.next(state, clients)
-    state = output.state
-    losses.append(output.metrics['client_work']['train']['loss'])
-    hsq = output.metrics['aggregator']['zeroing']['clipping']['mean_value']
-    assert hsq['malformed_messages'] == 0
+  _, losses, measurements = run_three_rounds(process, clients, 'zeroing', 'clipping',
+                                             'mean_value')
+  for hsq in measurements:
     # Cross-polytope d = 8: one integer per kernel entry of 16 + log2(8) = 19 bits; the 362
     # small entries are securely summed as 32 + 3-bit integers.
     assert hsq['bits_per_coordinate'] == pytest.approx((19 * 25088 + 35 * 362) / 25450,
