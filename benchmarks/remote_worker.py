@@ -23,6 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 from examples import remote  # pylint: disable=g-import-not-at-top
+import common  # pylint: disable=g-import-not-at-top  # benchmarks/common.py
 
 
 def run_train(rounds, output_dir, worker=None):
@@ -69,10 +70,7 @@ def main():
       f'| in-process | {best_local / args.rounds:.3f} | 1.00 |',
       f'| --worker {address.split(":")[0]} | {best_remote / args.rounds:.3f} | '
       f'{best_remote / best_local:.2f} |']
-  os.makedirs(os.path.join(HERE, 'results'), exist_ok=True)
-  with open(os.path.join(HERE, 'results', 'remote_worker.md'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  print('\n'.join(lines))
+  common.write_markdown('remote_worker', lines)
 
 
 if __name__ == '__main__':

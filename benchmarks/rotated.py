@@ -30,11 +30,11 @@ import sys
 
 import numpy as np
 
-import speed_memory  # benchmarks/: its interleaved median timing
+import common  # benchmarks/common.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-RESULTS = os.path.join(HERE, 'results')
+RESULTS = common.RESULTS
 
 RATES = ((0.5, 16, 256), (0.75, 16, 4096), (1.0, 8, 256))
 
@@ -115,7 +115,7 @@ def encode_speed(tf, tff_hsq, quantizers, repeats):
     fns[name] = (lambda e=encode: [t.numpy() for t in e(x, seed).values()])
   for fn in fns.values():
     fn()  # trace
-  return speed_memory.median_times(fns, repeats)
+  return common.median_times(fns, repeats)
 
 
 def main():
@@ -183,9 +183,7 @@ def main():
     lines.append(f'| {name} | {seconds * 1e3:.2f} | {seconds / base:.2f} |')
   lines += ['', 'Issue 7 targets: 1.0 bit unbiased NMSE <= 0.45 on Gaussian vectors; 0.5 bit '
             '<= 1.3; encode <= 3x TFF uniform 8-bit.']
-  with open(os.path.join(RESULTS, 'rotated.md'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  print('\n'.join(lines))
+  common.write_markdown('rotated', lines)
 
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')

@@ -30,7 +30,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-RESULTS = os.path.join(HERE, 'results')
+import common  # pylint: disable=g-import-not-at-top  # benchmarks/common.py
 
 
 def _rss_bytes():
@@ -69,17 +69,6 @@ def memory_child(num_elements):
   print(max(peak[0], _rss_bytes()) - base)
 
 
-def median_times(fns, repeats):
-  """Interleaved timing: one call of each fn per pass; returns the median seconds of each."""
-  times = collections.defaultdict(list)
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - start)
-  return {name: float(np.median(t)) for name, t in times.items()}
-
-
 def encode_speed(repeats):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorflow_model_optimization.python.core.internal import tensor_encoding as te  # pylint: disable=g-import-not-at-top
@@ -100,7 +89,7 @@ def encode_speed(repeats):
     fns[name] = (lambda e=encode: [t.numpy() for t in e(x, seed).values()])
   for fn in fns.values():
     fn()  # trace
-  return median_times(fns, repeats)
+  return common.median_times(fns, repeats)
 
 
 def round_time(repeats):
@@ -138,7 +127,7 @@ def round_time(repeats):
   fns = {name: step(name) for name in processes}
   for fn in fns.values():
     fn()  # first round compiles
-  return median_times(fns, repeats)
+  return common.median_times(fns, repeats)
 
 
 def memory(num_elements):
@@ -182,8 +171,8 @@ def main():
   rows.append(('encode_peak_extra_rss', f'marginal, {small:,} -> {large:,} entries',
                extras[large] - extras[small], float('nan'), marginal))
 
-  os.makedirs(RESULTS, exist_ok=True)
-  with open(os.path.join(RESULTS, 'speed_memory.csv'), 'w', newline='') as f:
+  os.makedirs(common.RESULTS, exist_ok=True)
+  with open(os.path.join(common.RESULTS, 'speed_memory.csv'), 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['study', 'subject', 'value', 'ratio_to_reduce_sum', 'ratio_to_baseline'])
     writer.writerows(rows)
@@ -198,9 +187,7 @@ def main():
     lines.append(f'| {study} | {subject} | {unit} | {r1:.2f} | {r2:.2f} |')
   lines += ['', 'Baselines: encode_1M against TFF uniform 8-bit encode; fedavg round against '
             '`tff.learning.compression_aggregator()`; memory against the tensor\'s float32 bytes.']
-  with open(os.path.join(RESULTS, 'speed_memory.md'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  print('\n'.join(lines))
+  common.write_markdown('speed_memory', lines)
 
 
 if __name__ == '__main__':
