@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Quiet TensorFlow's C++ start-up logging; Python warnings still show.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv datasets demo test worker codebooks clean
+.PHONY: venv datasets demo test worker codebooks bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,20 @@ worker: $(STAMP)
 # takes 10-20 minutes on 2 cores.
 codebooks: $(STAMP)
 	$(PY) -c 'from tff_hsq import codebooks; codebooks.write_shipped()'
+
+# The benchmark studies (benchmarks/README.md), each writing benchmarks/results/<study>.{csv,md,png}:
+# rate-distortion, convergence (3 seeds, two datasets), speed and memory, rotated HSQ vs DRIVE.
+# About an hour on 2 cores; run on an otherwise idle machine (the timings are ratios measured in
+# one run, but a busy machine still adds noise). `make bench-quick` runs each in its --quick
+# setting into $(BENCH_QUICK_DIR) (what tests/benchmarks_test.py checks), a few minutes each.
+BENCH_STUDIES := rate_distortion convergence speed_memory rotated
+BENCH_QUICK_DIR ?= /tmp/tff_hsq_bench_quick
+bench: $(STAMP) datasets
+	for study in $(BENCH_STUDIES); do $(PY) benchmarks/$$study.py || exit 1; done
+
+bench-quick: $(STAMP) datasets
+	for study in $(BENCH_STUDIES); do \
+	  TFF_HSQ_BENCH_RESULTS=$(BENCH_QUICK_DIR) $(PY) benchmarks/$$study.py --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

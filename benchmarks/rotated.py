@@ -12,7 +12,7 @@ K = 256; blocks of 2^14 with one float32 scale each and a 64-bit rotation key pe
    parameter MLP after one local epoch on MNIST 5k), for both block scales (unbiased,
    projection) and both codebooks (Gaussian k-means, the rotated default, and signed spherical
    k-means).
-2. DRIVE (Vargaftik et al., NeurIPS 2021), implemented here from the paper: the whole tensor
+2. DRIVE (Vargaftik et al., NeurIPS 2021), `peers.drive` (benchmarks/peers.py): the whole tensor
    zero-padded to a power of two, a randomized Hadamard rotation R, 1-bit signs of R x and the
    unbiased scale ||x||^2 / ||R x||_1 (one float32); decode S R^T sign(R x).
 3. Encode time of a 2^20-entry float32 tensor (graph mode, median of interleaved repeats) for
@@ -31,37 +31,13 @@ import sys
 import numpy as np
 
 import common  # benchmarks/common.py
+import peers  # benchmarks/peers.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 RESULTS = common.RESULTS
 
 RATES = ((0.5, 16, 256), (0.75, 16, 4096), (1.0, 8, 256))
-
-
-def fwht(x):
-  """Unnormalized Walsh-Hadamard transform of a 1-D power-of-two-length numpy array."""
-  y = x.astype(np.float64).copy()
-  n = y.size
-  h = 1
-  while h < n:
-    y = y.reshape(-1, 2, h)
-    y = np.stack([y[:, 0] + y[:, 1], y[:, 0] - y[:, 1]], axis=1).reshape(-1)
-    h *= 2
-  return y
-
-
-def drive(x, rng):
-  """DRIVE: randomized Hadamard + sign + unbiased scale; returns (x_hat, bits)."""
-  n = x.size
-  p = 1 << max(0, (n - 1).bit_length())
-  signs = rng.choice([-1.0, 1.0], p)
-  padded = np.pad(x.astype(np.float64), (0, p - n))
-  y = fwht(padded * signs) / np.sqrt(p)
-  l1 = np.sum(np.abs(y))
-  scale = np.float32(np.sum(padded**2) / l1) if l1 > 0 else np.float32(0)
-  x_hat = fwht(np.float64(scale) * np.sign(y)) * signs / np.sqrt(p)
-  return x_hat[:n], p + 32  # one sign bit per padded coordinate, one float32 scale
 
 
 def measure(encode_decode, tensors, trials):
@@ -98,7 +74,7 @@ def hsq_fn(tf, tff_hsq, quantizer):
 
 
 def drive_fn(t, trial, i):
-  return drive(t.reshape(-1), np.random.default_rng([trial, i, 77]))
+  return peers.drive(t.reshape(-1), np.random.default_rng([trial, i, 77]))
 
 
 def encode_speed(tf, tff_hsq, quantizers, repeats):

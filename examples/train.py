@@ -77,6 +77,9 @@ _SEQ_LEN = flags.DEFINE_integer('seq_len', 64, 'kjv: characters per training seq
 _NOISE = flags.DEFINE_float('noise_multiplier', 0.5, 'dp_hsq: DP noise multiplier.')
 _DELTA = flags.DEFINE_float('delta', 1e-5, 'dp_hsq: the delta of the reported epsilon.')
 _CLIP = flags.DEFINE_float('clip', 10.0, 'secure_hsq: the fixed L2 clip norm of updates.')
+_HSQ_THRESHOLD = flags.DEFINE_integer(
+    'hsq_threshold', None, 'HSQ presets: encode float tensors of at least this many entries '
+    '(default: hsq_aggregator\'s); smaller ones are sent as float32.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', '/tmp/tff_hsq_train',
                                   'Where metrics, checkpoints and the plot are written.')
 _WORKER = flags.DEFINE_string(
@@ -145,6 +148,8 @@ def model_aggregator(name, max_weight):
   if name == 'secure_hsq':
     return tff_hsq.learning.secure_hsq_aggregator(
         clip=_CLIP.value, max_weight=float(max_weight), max_clients=_CLIENTS_PER_ROUND.value)
+  if _HSQ_THRESHOLD.value is not None:
+    return tff_hsq.learning.hsq_aggregator(name, threshold=_HSQ_THRESHOLD.value)
   return tff_hsq.learning.hsq_aggregator(name)
 
 

@@ -105,9 +105,11 @@ def test_three_rounds_of_weighted_fed_avg_reduce_the_loss(preset):
   # round: from ~2.3 (chance over 10 classes) as the aggregated updates take effect.
   assert losses[0] > losses[1] > losses[2]
   assert losses[2] < 0.9 * losses[0]
-  # Only the 784 x 32 kernel (25,088 of 25,450 parameters) is compressed; the rest is float32.
+  # hsq_aggregator encodes the tensors of >= 100 entries: the 784 x 32 and 32 x 10 kernels
+  # (25,088 and 320 of 25,450 parameters); the 32 + 10 biases are float32.
   quantizer = tff_hsq.HSQFactory(**tff_hsq.presets.get(preset)).quantizer
-  expected = (quantizer.bits_per_coordinate(25088) * 25088 + 32 * (25450 - 25088)) / 25450
+  expected = (quantizer.bits_per_coordinate(25088) * 25088 +
+              quantizer.bits_per_coordinate(320) * 320 + 32 * (32 + 10)) / 25450
   assert hsq['bits_per_coordinate'] == pytest.approx(expected, rel=1e-6)
 
 

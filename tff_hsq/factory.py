@@ -68,14 +68,15 @@ class HSQFactory(tff.aggregators.UnweightedAggregationFactory):
                codebook: Optional[str] = None,
                reclip: bool = False,
                rotated_scale: str = 'unbiased',
-               block_size: int = quantizer_lib.DEFAULT_BLOCK):
+               block_size: int = quantizer_lib.DEFAULT_BLOCK,
+               nearest_scale: str = 'projection'):
     """Configures the factory; see `tff_hsq.Quantizer` for the quantizer's arguments.
 
     Args:
       dim: sub-vector length d.
       codebook_size: number of codewords K.
       scale_bits: bits per scale code n.
-      mode: 'nearest', 'stochastic' or 'log_d'.
+      mode: 'nearest', 'stochastic', 'log_d' or 'rotated'.
       threshold: float tensors with at least this many entries are HSQ-encoded; smaller ones
         (biases, norms) are sent uncompressed and summed exactly. >= 1.
       codebook_seed: seed of the codebook, shared by clients and server.
@@ -87,6 +88,8 @@ class HSQFactory(tff.aggregators.UnweightedAggregationFactory):
         scale); harmless for nearest.
       rotated_scale: rotated mode only: 'unbiased' or 'projection' (see `tff_hsq.Quantizer`).
       block_size: rotated mode only: the rotation block length, a power of two.
+      nearest_scale: nearest mode only: 'projection' (the paper's; never increases a norm) or
+        'rescaled' (removes the projection's shrinkage; what `hsq_aggregator` uses).
 
     Raises:
       ValueError, TypeError: for an argument out of range, naming it.
@@ -101,7 +104,7 @@ class HSQFactory(tff.aggregators.UnweightedAggregationFactory):
     self._quantizer = quantizer_lib.Quantizer(
         dim=dim, codebook_size=codebook_size, scale_bits=scale_bits, mode=mode,
         codebook_seed=codebook_seed, codebook=codebook, rotated_scale=rotated_scale,
-        block_size=block_size)
+        block_size=block_size, nearest_scale=nearest_scale)
     self._threshold = int(threshold)
     self._measure_distortion = measure_distortion
     self._reclip = reclip

@@ -7,8 +7,20 @@ sub-vector length d (`dim`) and cut into N = ceil(D / d) sub-vectors v. A codebo
 codeword index k (log2 K bits) and a scale s (`scale_bits` bits); its decode is s * c_k.
 
 Modes:
-  nearest:    k = argmax_k |<c_k, v>|, s = <c_k, v>. Biased; |s| <= ||v||, so the decode never
-              has a larger norm than the input (scale quantization never rounds past ||v||).
+  nearest:    k = argmax_k |<c_k, v>|, s = <c_k, v>. Biased; `nearest_scale`:
+                projection: as in the paper. |s| <= ||v||, so the decode never has a larger
+                            norm than the input (scale quantization never rounds past ||v||).
+                            The decode is a shrunk copy of x plus noise: <x_hat, x> =
+                            ||x_hat||^2 = (1 - NMSE) ||x||^2 before scale rounding.
+                rescaled:   beyond the paper: the same indices and scale codes, and the
+                            per-tensor maximum scale multiplied by ||x||^2 / <x_hat, x>
+                            (computed on the client from what it sends; no extra bits), so
+                            that the decode's projection onto x is x itself. Removes the
+                            shrinkage, which, unlike the noise, does not average out over
+                            clients: in FedAvg it converges like the uncompressed mean
+                            (benchmarks/convergence.py). Still deterministic, so not unbiased;
+                            NMSE becomes NMSE_p / (1 - NMSE_p) (1.08 at the paper's setting)
+                            and the decode can have a larger norm than the input.
   stochastic: a = C^+ v (so that sum_k a_k c_k = v); k is drawn with probability
               |a_k| / ||a||_1 and s = sign(a_k) ||a||_1. Unbiased: E[s c_k] = v.
   log_d:      the whole tensor is one sub-vector over the orthonormal basis of a seeded
@@ -57,6 +69,7 @@ from tff_hsq import packing
 from tff_hsq import rotation
 
 MODES = ('nearest', 'stochastic', 'log_d', 'rotated')
+NEAREST_SCALES = ('projection', 'rescaled')
 ROTATED_SCALES = ('unbiased', 'projection')
 FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
@@ -131,7 +144,8 @@ class Quantizer:
                codebook_seed: int = 0,
                codebook: Optional[str] = None,
                rotated_scale: str = 'unbiased',
-               block_size: int = DEFAULT_BLOCK):
+               block_size: int = DEFAULT_BLOCK,
+               nearest_scale: str = 'projection'):
     """Configures the quantizer.
 
     Args:
@@ -148,6 +162,7 @@ class Quantizer:
         in rotated mode also 'gaussian_kmeans' (its default) or 'signed_spherical_kmeans'.
       rotated_scale: rotated mode's block scale, 'unbiased' or 'projection'.
       block_size: rotated mode's block length B: a power of two, dim <= B <= 2^20.
+      nearest_scale: nearest mode's tensor scale, 'projection' (the paper's) or 'rescaled'.
 
     Raises:
       ValueError: naming the argument that is out of range.
@@ -173,6 +188,10 @@ class Quantizer:
       raise ValueError(f'codebook_seed must be >= 0; got {codebook_seed}.')
     if rotated_scale not in ROTATED_SCALES:
       raise ValueError(f'rotated_scale must be one of {ROTATED_SCALES}; got {rotated_scale!r}.')
+    if nearest_scale not in NEAREST_SCALES:
+      raise ValueError(f'nearest_scale must be one of {NEAREST_SCALES}; got {nearest_scale!r}.')
+    if nearest_scale != 'projection' and mode != 'nearest':
+      raise ValueError(f'nearest_scale={nearest_scale!r} is for nearest mode; got mode={mode!r}.')
     if mode == 'rotated':
       if dim & (dim - 1):
         raise ValueError(f'dim must be a power of two in rotated mode; got {dim}.')
@@ -181,6 +200,7 @@ class Quantizer:
         raise ValueError(
             f'block_size must be a power of two in [dim, {_MAX_BLOCK}]; got {block_size!r}.')
     self._rotated_scale = rotated_scale
+    self._nearest_scale = nearest_scale
     self._block_size = int(block_size)
     self._dim = int(dim)
     self._codebook_size = int(codebook_size)
@@ -221,6 +241,10 @@ class Quantizer:
     return self._rotated_scale
 
   @property
+  def nearest_scale(self) -> str:
+    return self._nearest_scale
+
+  @property
   def block_size(self) -> int:
     return self._block_size
 
@@ -246,14 +270,17 @@ class Quantizer:
     """Whether ||decode(encode(x))|| <= ||x|| always (up to float32 rounding)."""
     if self._mode == 'rotated':
       return self._rotated_scale == 'projection'
-    return self._mode == 'nearest'
+    return self._mode == 'nearest' and self._nearest_scale == 'projection'
 
   def __repr__(self):
     rotated = (f', rotated_scale={self._rotated_scale!r}, block_size={self._block_size}'
                if self._mode == 'rotated' else '')
+    rescaled = (f', nearest_scale={self._nearest_scale!r}'
+                if self._nearest_scale != 'projection' else '')
     return (f'Quantizer(dim={self._dim}, codebook_size={self._codebook_size}, '
             f'scale_bits={self._scale_bits}, mode={self._mode!r}, '
-            f'codebook_seed={self._codebook_seed}, codebook={self._codebook_kind!r}{rotated})')
+            f'codebook_seed={self._codebook_seed}, codebook={self._codebook_kind!r}{rotated}'
+            f'{rescaled})')
 
   # ----------------------------------------------------------------------------------------
   # Encode.
@@ -383,6 +410,8 @@ class Quantizer:
     q = tf.cast(tf.clip_by_value(q, 0.0, levels), tf.int64)
     negative = tf.logical_and(s < 0, q > 0)
     codes = q + tf.cast(negative, tf.int64) * (1 << (n - 1))
+    if self._nearest_scale == 'rescaled':
+      max_scale = _rescaled(max_scale, q, s, norm, levels)
     return collections.OrderedDict(
         indices=self._pack_indices(k),
         scale_codes=packing.pack(codes, n),
@@ -628,6 +657,28 @@ def _message_spec(quantizer: Quantizer, shape: tuple) -> collections.OrderedDict
   concrete = encode.get_concrete_function(tf.TensorSpec(shape, tf.float32))
   return collections.OrderedDict(
       (name, tf.TensorSpec(t.shape, t.dtype)) for name, t in concrete.structured_outputs.items())
+
+
+def _rescaled(max_scale, q, s, norm, levels):
+  """Nearest mode's rescaled maximum: max_scale * ||x||^2 / <x_hat, x>.
+
+  Args:
+    max_scale: float32 [], the largest |s|.
+    q: int64 [N], the magnitude codes sent.
+    s: float32 [N], the unquantized scales <c_k, v> (sign(s) is the sign sent when q > 0).
+    norm: float32 [N], the sub-vector norms ||v||.
+    levels: the largest magnitude code, 2^(n-1) - 1.
+
+  Returns:
+    float32 []. <x_hat, x> = sum_j (q_j max / levels) |s_j|, because x_hat's sub-vector j is
+    sign(s_j) q_j max / levels * c_k and <c_k, v_j> = s_j. max_scale itself when x_hat = 0 or
+    the rescaled value would not be a finite float32.
+  """
+  max64 = tf.cast(max_scale, tf.float64)
+  dot = tf.reduce_sum(tf.cast(q, tf.float64) * tf.abs(tf.cast(s, tf.float64))) * max64 / levels
+  energy = tf.reduce_sum(tf.square(tf.cast(norm, tf.float64)))
+  rescaled = tf.cast(max64 * tf.math.divide_no_nan(energy, dot), tf.float32)
+  return tf.where(tf.logical_and(dot > 0, tf.math.is_finite(rescaled)), rescaled, max_scale)
 
 
 def _norm(v: tf.Tensor) -> tf.Tensor:
