@@ -64,10 +64,10 @@ clean:
 # Bazel (Debian's bazel-bootstrap, Bazel 4.2.3), offline: see WORKSPACE. `make bazel` installs it
 # when missing and points its Python toolchain at $(VENV) (tools/venv.bazelrc, git-ignored).
 # `make bazel-test` builds every target and runs the tests not tagged "slow" in BUILD:
-# codebooks_test, privacy_test, data_test, secure_test, learning_test (about 2 minutes cold,
-# what CI runs). The slow ones, quantizer_test, factory_test, train_example_test, colab_test,
-# rotated_test and remote_test
-# (about 10 minutes more on 2 cores), run with `make bazel-test BAZEL_TESTS=//...`.
+# codebooks_test, privacy_test, data_test, secure_test, learning_test, nearest_scale_test
+# (about 2 minutes cold, what CI runs). The slow ones, quantizer_test, factory_test,
+# train_example_test, colab_test, rotated_test, remote_test and benchmarks_test (about 15
+# minutes more on 2 cores), run with `make bazel-test BAZEL_TESTS=//...`.
 # bazel-4: Debian's name for exactly that Bazel (WORKSPACE's stand-ins are for Bazel 4; a
 # `bazel` earlier on PATH may be npm's bazelisk, which needs the internet).
 BAZEL ?= bazel-4

@@ -219,6 +219,7 @@ def test_non_finite_client_is_zeroed_and_counted():
     (dict(scale_bits=24, max_clients=2**39 + 1), ValueError,
      'lower scale_bits or max_clients'),
     (dict(mode='log_d'), ValueError, 'log_d'),
+    (dict(mode='rotated'), ValueError, "mode='rotated' has no compact secure form"),
     (dict(mode='typo'), ValueError, 'mode'),
     (dict(scale_bound=0.0), ValueError, 'scale_bound'),
     (dict(scale_bound=float('inf')), ValueError, 'scale_bound'),

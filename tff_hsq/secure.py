@@ -162,6 +162,14 @@ class SecureHSQFactory(tff.aggregators.UnweightedAggregationFactory):
       raise ValueError(
           "mode='log_d' has no codebook, so its message has no integer form that sums; use "
           "mode='nearest' or 'stochastic'.")
+    if mode == 'rotated':
+      # Its decode S_b R_b^T c_hat is linear, but R_b is drawn per client from the key in the
+      # message and S_b is a float32 per block: the integer form would be the rotated
+      # coordinates themselves on a fixed grid, one integer per entry, as cross-polytope's.
+      raise ValueError(
+          "mode='rotated' has no compact secure form: every client rotates with its own key "
+          'and sends float32 block scales, so its messages only sum after decoding. Use '
+          "mode='nearest' with the cross-polytope codebook (the default).")
     kind = codebook or codebooks.default_kind(dim, codebook_size)
     # Checked before the Quantizer builds the codebook: a 4096-codeword k-means takes minutes.
     if (kind == 'spherical_kmeans' and isinstance(codebook_size, (int, np.integer)) and
