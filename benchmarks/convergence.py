@@ -6,13 +6,14 @@ r"""Convergence of FedAvg under HSQ and its baselines (issue 6, study 2), measur
 
 Test accuracy against rounds and against cumulative client upload, for `none`,
 `tff_compression` and the HSQ presets high_fidelity, balanced, extreme, unbiased, rotated and
-log_d, on mnist5k and fashion_mnist, 3 seeds (0, 1, 2). Every aggregator sees the same clients,
+log_d (as hsq_aggregator builds them), and `balanced_projection` (balanced with the paper's
+projection scale instead of hsq_aggregator's rescaled one), on mnist5k and fashion_mnist, 3 seeds (0, 1, 2). Every aggregator sees the same clients,
 rounds and seeds: examples/train.py splits the data by seed and samples each round's clients
 from (seed, round). One train.py subprocess per (dataset, seed) runs all aggregators
 (--noresume, in a work dir under /tmp); the study then reads each run's metrics.csv.
 
-Default configuration (the full study, ~50 minutes on 2 shared cores: ~140 s per mnist5k
-and ~12 minutes per fashion_mnist train.py run of 8 aggregators; the Markdown header records
+Default configuration (the full study, ~27 minutes on 2 shared cores: ~150 s per mnist5k
+and ~6.5 minutes per fashion_mnist train.py run of 9 aggregators; the Markdown header records
 the measured times): 20 rounds, 20 clients, 10 per round, seeds 0, 1, 2; every client's data
 uncapped (mnist5k ~200 examples per client, fashion_mnist ~3,000: the same setting as
 examples/train.py's defaults; `--max_examples_per_client=fashion_mnist=1000` makes its part
@@ -21,8 +22,8 @@ examples/train.py's defaults; `--max_examples_per_client=fashion_mnist=1000` mak
 passes train.py's). All of it can be overridden on the command line; --max_examples_per_client
 takes one number for every dataset, or dataset=N pairs (dataset=none: uncapped).
 
-`--quick` (for the tests, well under 3 minutes): mnist5k, seed 0, 3 rounds, `none` and
-`balanced`, 50 examples per client; the same three files with the same columns and tables.
+`--quick` (for the tests, well under 3 minutes): mnist5k, seed 0, 3 rounds, `none`,
+`balanced` and `balanced_projection`, 50 examples per client; the same three files with the same columns and tables.
 
 Reported (benchmarks/results/convergence.md): per dataset and aggregator the bits per
 coordinate (over all model parameters, as train.py reports), compression ratio 32 / bits,
@@ -57,11 +58,12 @@ NAME = 'convergence'
 
 DATASETS = ('mnist5k', 'fashion_mnist')
 AGGREGATORS = ('none', 'tff_compression', 'high_fidelity', 'balanced', 'extreme', 'unbiased',
-               'rotated', 'log_d')
+               'rotated', 'log_d', 'balanced_projection')
 DEFAULT_MAX_EXAMPLES = {'mnist5k': None, 'fashion_mnist': None}
 TARGET_DROP = 2.0  # points below none's mean final accuracy: the upload-to-target accuracy
 
-QUICK = dict(datasets=['mnist5k'], aggregators=['none', 'balanced'], seeds=[0], rounds=3,
+QUICK = dict(datasets=['mnist5k'], aggregators=['none', 'balanced', 'balanced_projection'],
+             seeds=[0], rounds=3,
              max_examples={'mnist5k': 50, 'fashion_mnist': 50})
 FULL = dict(datasets=list(DATASETS), aggregators=list(AGGREGATORS), seeds=[0, 1, 2],
             rounds=20, max_examples=dict(DEFAULT_MAX_EXAMPLES))

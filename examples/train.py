@@ -7,7 +7,9 @@ prints test accuracy and client upload size:
 
 Aggregators: `none` (TFF's plain weighted mean), `tff_compression` (TFF's own
 `tff.learning.compression_aggregator`: 8-bit uniform quantization of tensors above 20,000
-entries), every HSQ preset (`tff_hsq.learning.hsq_aggregator(preset)`), `dp_hsq`
+entries), every HSQ preset (`tff_hsq.learning.hsq_aggregator(preset)`), the nearest presets
+with the paper's projection scale (`balanced_projection`, ...: hsq_aggregator(preset,
+nearest_scale='projection'); hsq_aggregator rescales them by default), `dp_hsq`
 (`tff_hsq.learning.dp_hsq_aggregator` with `balanced`, unweighted FedAvg; its (epsilon, delta)
 is printed) and `secure_hsq` (`tff_hsq.learning.secure_hsq_aggregator`, run in TFF's test
 context, which executes secure sums).
@@ -55,7 +57,11 @@ from examples import models  # pylint: disable=g-import-not-at-top
 from examples import remote  # pylint: disable=g-import-not-at-top
 
 BASELINES = ('none', 'tff_compression')
-AGGREGATORS = BASELINES + tuple(tff_hsq.presets.ALL) + ('dp_hsq', 'secure_hsq')
+# The nearest presets with the paper's projection scale (hsq_aggregator rescales them).
+PROJECTION = tuple(f'{name}_projection' for name, config in tff_hsq.presets.PRESETS.items()
+                   if config['mode'] == 'nearest')
+AGGREGATORS = (BASELINES + tuple(tff_hsq.presets.ALL) + PROJECTION +
+               ('dp_hsq', 'secure_hsq'))
 DATASETS = ('mnist5k', 'fashion_mnist', 'emnist', 'kjv')
 
 _AGGREGATORS = flags.DEFINE_list('aggregators', ['none', 'tff_compression', 'balanced'],
@@ -148,9 +154,13 @@ def model_aggregator(name, max_weight):
   if name == 'secure_hsq':
     return tff_hsq.learning.secure_hsq_aggregator(
         clip=_CLIP.value, max_weight=float(max_weight), max_clients=_CLIENTS_PER_ROUND.value)
+  kwargs = {}
   if _HSQ_THRESHOLD.value is not None:
-    return tff_hsq.learning.hsq_aggregator(name, threshold=_HSQ_THRESHOLD.value)
-  return tff_hsq.learning.hsq_aggregator(name)
+    kwargs['threshold'] = _HSQ_THRESHOLD.value
+  if name in PROJECTION:
+    name = name[:-len('_projection')]
+    kwargs['nearest_scale'] = 'projection'
+  return tff_hsq.learning.hsq_aggregator(name, **kwargs)
 
 
 def _hsq_measurements(measurements):

@@ -132,10 +132,11 @@ def hsq_aggregator_mlp_bits(preset):
 
 def test_convergence(results):
   rows = run_study('convergence', results)
-  # --quick: mnist5k, seed 0, 3 rounds, none and balanced, 50 examples per client.
+  # --quick: mnist5k, seed 0, 3 rounds, none, balanced and balanced_projection, 50 examples
+  # per client.
   assert {(r['dataset'], r['aggregator'], r['seed']) for r in rows} == {
-      ('mnist5k', 'none', '0'), ('mnist5k', 'balanced', '0')}
-  for name in ('none', 'balanced'):
+      ('mnist5k', name, '0') for name in ('none', 'balanced', 'balanced_projection')}
+  for name in ('none', 'balanced', 'balanced_projection'):
     mine = sorted((r for r in rows if r['aggregator'] == name), key=lambda r: int(r['round']))
     assert [int(r['round']) for r in mine] == [1, 2, 3]
     upload = [float(r['upload_mb']) for r in mine]
@@ -145,6 +146,11 @@ def test_convergence(results):
     assert 0.1 < float(mine[-1]['test_accuracy']) <= 1.0  # above chance after 3 rounds
   none = [r for r in rows if r['aggregator'] == 'none']
   balanced = [r for r in rows if r['aggregator'] == 'balanced']
+  projection = [r for r in rows if r['aggregator'] == 'balanced_projection']
+  # The same message sizes: the scales differ only in the float32 maximum's value.
+  assert [r['bits_per_coordinate'] for r in projection] == [
+      r['bits_per_coordinate'] for r in balanced]
+  assert [r['test_accuracy'] for r in projection] != [r['test_accuracy'] for r in balanced]
   assert float(none[0]['bits_per_coordinate']) == 32.0
   # hsq_aggregator's balanced: 0.875 bits plus a float32 maximum on the three tensors of >= 100
   # entries, the 10 output biases in float32.
