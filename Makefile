@@ -46,7 +46,7 @@ codebooks: $(STAMP)
 
 # The benchmark studies (benchmarks/README.md), each writing benchmarks/results/<study>.{csv,md,png}:
 # rate-distortion, convergence (3 seeds, two datasets), speed and memory, rotated HSQ vs DRIVE.
-# About an hour on 2 cores; run on an otherwise idle machine (the timings are ratios measured in
+# About 35 minutes on 2 cores; run on an otherwise idle machine (the timings are ratios measured in
 # one run, but a busy machine still adds noise). `make bench-quick` runs each in its --quick
 # setting into $(BENCH_QUICK_DIR) (what tests/benchmarks_test.py checks), a few minutes each.
 BENCH_STUDIES := rate_distortion convergence speed_memory rotated

@@ -45,7 +45,7 @@ def test_train_prints_the_final_table_and_writes_its_outputs(capfd, tmp_path):
   expected = (sum(quantizer.bits_per_coordinate(n) * n for n in (100352, 128, 1280)) +
               32 * 10) / 101770
   assert (101760 * 0.875 + 3 * 32 + 10 * 32) / 101770 == pytest.approx(expected, abs=2e-4)
-  assert balanced_bits == pytest.approx(expected, rel=1e-5)
+  assert balanced_bits == pytest.approx(expected, abs=5e-4)  # the table prints 3 decimals
   for name, (_, _, _, accuracy) in rows.items():
     assert 0.1 < float(accuracy) <= 1.0, name  # learned something in 2 rounds
   run_dir = tmp_path / 'mnist5k' / 'balanced'
