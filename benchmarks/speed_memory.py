@@ -72,8 +72,8 @@ def memory_child(num_elements):
   print(max(peak[0], _rss_bytes()) - base)
 
 
-def codec_speed(sizes, repeats):
-  """{(size, subject, 'encode' | 'decode'): median seconds} for one client's tensor of `size`.
+def codec_speed(n, repeats):
+  """{(n, subject, 'encode' | 'decode'): median seconds} for one client's tensor of n entries.
 
   Subjects: `uncompressed_sum` (the server adding one float32 client tensor to its running sum:
   what a plain sum costs per client, under both columns), `tff_uniform_8bit` (TFF's
@@ -85,37 +85,34 @@ def codec_speed(sizes, repeats):
   from tensorflow_model_optimization.python.core.internal import tensor_encoding as te  # pylint: disable=g-import-not-at-top
   import tff_hsq  # pylint: disable=g-import-not-at-top
   seed = tf.constant([1, 2], tf.int64)
-  medians = {}
-  for n in sizes:
-    x = tf.random.stateless_normal([n], seed=[5, 6])
-    acc = tf.random.stateless_normal([n], seed=[7, 8])
-    fns = {}
-    add = tf.function(tf.add)
-    fns[('uncompressed_sum', 'encode')] = lambda: add(acc, x).numpy()
-    uniform = te.encoders.as_simple_encoder(te.encoders.uniform_quantization(8),
-                                            tf.TensorSpec([n], tf.float32))
-    uniform_encode = tf.function(uniform.encode)
-    uniform_decode = tf.function(uniform.decode)
-    encoded, params = uniform_encode(x)
-    fns[('tff_uniform_8bit', 'encode')] = (
-        lambda: [t.numpy() for t in tf.nest.flatten(uniform_encode(x))])
-    fns[('tff_uniform_8bit', 'decode')] = (
-        lambda e=encoded, p=params: uniform_decode(e, p).numpy())
-    for name in tff_hsq.presets.ALL:
-      q = tff_hsq.Quantizer(**tff_hsq.presets.get(name))
-      encode = tf.function(lambda v, s, q=q: q.encode(v, s).components, autograph=False)
-      components = encode(x, seed)
-      decode = tf.function(
-          lambda c, q=q, n=n: q.decode(tff_hsq.Message(c, tf.TensorShape([n]), tf.float32)),
-          autograph=False)
-      fns[(name, 'encode')] = lambda e=encode: [t.numpy() for t in e(x, seed).values()]
-      fns[(name, 'decode')] = lambda d=decode, c=components: d(c).numpy()
-    for fn in fns.values():
-      fn()  # trace
-    for key, seconds in common.median_times(fns, repeats).items():
-      medians[(n,) + key] = seconds
-    medians[(n, 'uncompressed_sum', 'decode')] = medians[(n, 'uncompressed_sum', 'encode')]
-    print(f'timed {n:,} entries', flush=True)
+  x = tf.random.stateless_normal([n], seed=[5, 6])
+  acc = tf.random.stateless_normal([n], seed=[7, 8])
+  fns = {}
+  add = tf.function(tf.add)
+  fns[('uncompressed_sum', 'encode')] = lambda: add(acc, x).numpy()
+  uniform = te.encoders.as_simple_encoder(te.encoders.uniform_quantization(8),
+                                          tf.TensorSpec([n], tf.float32))
+  uniform_encode = tf.function(uniform.encode)
+  uniform_decode = tf.function(uniform.decode)
+  encoded, params = uniform_encode(x)
+  fns[('tff_uniform_8bit', 'encode')] = (
+      lambda: [t.numpy() for t in tf.nest.flatten(uniform_encode(x))])
+  fns[('tff_uniform_8bit', 'decode')] = (
+      lambda e=encoded, p=params: uniform_decode(e, p).numpy())
+  for name in tff_hsq.presets.ALL:
+    q = tff_hsq.Quantizer(**tff_hsq.presets.get(name))
+    encode = tf.function(lambda v, s, q=q: q.encode(v, s).components, autograph=False)
+    components = encode(x, seed)
+    decode = tf.function(
+        lambda c, q=q, n=n: q.decode(tff_hsq.Message(c, tf.TensorShape([n]), tf.float32)),
+        autograph=False)
+    fns[(name, 'encode')] = lambda e=encode: [t.numpy() for t in e(x, seed).values()]
+    fns[(name, 'decode')] = lambda d=decode, c=components: d(c).numpy()
+  for fn in fns.values():
+    fn()  # trace
+  medians = {(n,) + key: seconds for key, seconds in common.median_times(fns, repeats).items()}
+  medians[(n, 'uncompressed_sum', 'decode')] = medians[(n, 'uncompressed_sum', 'encode')]
+  print(f'timed {n:,} entries', flush=True)
   return medians
 
 
@@ -207,7 +204,7 @@ def main():
   speed = {}
   for n in sizes:
     # A 10M-entry pass of every preset takes seconds: fewer repeats there.
-    speed.update(codec_speed([n], repeats if n < 10**7 else max(3, repeats // 3)))
+    speed.update(codec_speed(n, repeats if n < 10**7 else max(3, repeats // 3)))
   subjects = ['uncompressed_sum', 'tff_uniform_8bit'] + list(tff_hsq.presets.ALL)
   rounds = round_time(3 if args.quick else 9)
   memory_sizes = [10**6, 10**7] if args.quick else [10**6, 10**7, 5 * 10**7]

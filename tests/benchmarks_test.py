@@ -122,15 +122,8 @@ def test_rate_distortion(results):
     assert g[name][2] < 2.0, name
 
 
-def hsq_aggregator_mlp_bits(preset):
-  """Bits/coordinate of hsq_aggregator(preset) on the 784-128-10 MLP, from the quantizer."""
-  import tff_hsq  # pylint: disable=g-import-not-at-top
-  quantizer = tff_hsq.Quantizer(**tff_hsq.presets.get(preset))
-  encoded = (100352, 128, 1280)  # the tensors of >= 100 entries; the 10 output biases float32
-  return (sum(quantizer.bits_per_coordinate(n) * n for n in encoded) + 32 * 10) / 101770
-
-
 def test_convergence(results):
+  from train_runner import hsq_aggregator_mlp_bits  # pylint: disable=g-import-not-at-top
   rows = run_study('convergence', results)
   # --quick: mnist5k, seed 0, 3 rounds, none, balanced and balanced_projection, 50 examples
   # per client.

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from examples import train
+from train_runner import hsq_aggregator_mlp_bits
 from train_runner import run_main
 import tff_hsq
 
@@ -41,9 +42,7 @@ def test_train_prints_the_final_table_and_writes_its_outputs(capfd, tmp_path):
   # 1,280 + 128 entries of the three large tensors plus a float32 maximum each, float32 for
   # the 10 output biases.
   balanced_bits = float(rows['balanced'][0])
-  quantizer = tff_hsq.Quantizer(**tff_hsq.presets.get('balanced'))
-  expected = (sum(quantizer.bits_per_coordinate(n) * n for n in (100352, 128, 1280)) +
-              32 * 10) / 101770
+  expected = hsq_aggregator_mlp_bits('balanced')
   assert (101760 * 0.875 + 3 * 32 + 10 * 32) / 101770 == pytest.approx(expected, abs=2e-4)
   assert balanced_bits == pytest.approx(expected, abs=5e-4)  # the table prints 3 decimals
   for name, (_, _, _, accuracy) in rows.items():
